@@ -1,0 +1,102 @@
+"""The model repository: every configured model version, its state, and its runner once loaded."""
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from turnout.errors import ModelNotFound, ModelNotReady, quoted
+from turnout.models.loader import VersionSpec, load_version
+from turnout.models.runner import ModelRunner
+from turnout.models.types import VersionState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class VersionEntry:
+    """One model version as the repository tracks it."""
+
+    spec: VersionSpec
+    state: VersionState = VersionState.LOADING
+    reason: str = ""
+    runner: ModelRunner | None = None
+
+
+def version_order(version: str) -> tuple[int, str]:
+    """Sort key putting versions in numeric order."""
+    return (int(version), version) if version.isdigit() else (-1, version)
+
+
+class ModelRepository:
+    """Holds the model versions; loads them off the event loop and hands out their runners."""
+
+    def __init__(self, specs: Iterable[VersionSpec]) -> None:
+        self._models: dict[str, dict[str, VersionEntry]] = {}
+        for spec in specs:
+            self._models.setdefault(spec.name, {})[spec.version] = VersionEntry(spec)
+        for name, versions in self._models.items():
+            self._models[name] = dict(sorted(versions.items(), key=lambda kv: version_order(kv[0])))
+
+    async def load_all(self) -> None:
+        """Load every version in parallel; a version that fails is marked UNAVAILABLE with the
+        reason, logged, and the others still load."""
+        entries = [entry for versions in self._models.values() for entry in versions.values()]
+        await asyncio.gather(*(self._load(entry) for entry in entries))
+
+    async def _load(self, entry: VersionEntry) -> None:
+        try:
+            entry.runner = await asyncio.to_thread(load_version, entry.spec)
+        except Exception as exc:
+            entry.state = VersionState.UNAVAILABLE
+            entry.reason = f"failed to load: {type(exc).__name__}"
+            log.error("%s failed to load from %s: %s", entry.spec.label, entry.spec.path, exc)
+        else:
+            entry.state = VersionState.READY
+
+    def names(self) -> list[str]:
+        """Model names in config order."""
+        return list(self._models)
+
+    def versions(self, name: str) -> list[str]:
+        """The model's versions, lowest first; raises ModelNotFound for an unknown model."""
+        return list(self._versions(name))
+
+    def entry(self, name: str, version: str) -> VersionEntry:
+        """The version's entry; raises ModelNotFound when there is none."""
+        entry = self._versions(name).get(version)
+        if entry is None:
+            raise ModelNotFound(f"model {quoted(name)} has no version {quoted(version)}")
+        return entry
+
+    def entries(self) -> list[VersionEntry]:
+        """Every version's entry."""
+        return [entry for versions in self._models.values() for entry in versions.values()]
+
+    def runner(self, name: str, version: str) -> ModelRunner:
+        """The runner of a ready version; raises ModelNotFound or ModelNotReady."""
+        entry = self.entry(name, version)
+        if entry.runner is None or entry.state is not VersionState.READY:
+            detail = f" ({entry.reason})" if entry.reason else ""
+            raise ModelNotReady(
+                f"model {quoted(name)} version {version} is {entry.state.value.lower()}{detail}"
+            )
+        return entry.runner
+
+    def is_ready(self) -> bool:
+        """Whether every configured version is ready to serve."""
+        return all(entry.state is VersionState.READY for entry in self.entries())
+
+    def close(self) -> None:
+        """Stop every loaded version's instances (after their queued runs finish)."""
+        for entry in self.entries():
+            if entry.runner is not None:
+                entry.state = VersionState.UNLOADING
+                entry.runner.close()
+                entry.runner = None
+
+    def _versions(self, name: str) -> dict[str, VersionEntry]:
+        versions = self._models.get(name)
+        if versions is None:
+            raise ModelNotFound(f"unknown model {quoted(name)}")
+        return versions

@@ -1,0 +1,1 @@
+"""The wire schema: inference.proto and the Python code grpcio-tools generates from it."""

@@ -1,0 +1,1 @@
+"""Traffic: which model version serves each request to an endpoint."""

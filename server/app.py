@@ -1,0 +1,152 @@
+"""The process: builds the layers from config, serves HTTP and gRPC on one event loop, and shuts
+down in order on SIGTERM/SIGINT: readiness 503 and new requests refused, listeners closed,
+in-flight requests drained within the grace period, models closed, exit 0. A second signal
+forces an immediate exit."""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import uvicorn
+
+from turnout.models.repository import ModelRepository
+from turnout.protos import inference_pb2_grpc as pb_grpc
+from turnout.router.router import Router
+from turnout.server.config import Config, ListenConfig
+from turnout.server.dataplane import DataPlane
+from turnout.server.grpc.servicer import InferenceServicer
+from turnout.server.http.app import HttpFrontEnd
+from turnout.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+EXIT_FORCED = 1
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: this module owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Gateway:
+    """One Turnout process: the layers, the two listeners and the shutdown sequence."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.repository = ModelRepository(config.version_specs())
+        self.router = Router(self.repository)
+        self.plane = DataPlane(self.repository, self.router, self.metrics)
+        self._stop = asyncio.Event()
+        self._forced = asyncio.Event()
+        server = config.server
+        self._http_socket = _bind(server.http)
+        self.http_port: int = self._http_socket.getsockname()[1]
+        self._http = _HttpServer(
+            uvicorn.Config(
+                HttpFrontEnd(self.plane, server.max_request_bytes).app(),
+                http="httptools",
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),
+            )
+        )
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", server.max_request_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.plane), self._grpc
+        )
+        self.grpc_port: int = self._grpc.add_insecure_port(f"{server.grpc.host}:{server.grpc.port}")
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown; a second call forces it."""
+        if self._stop.is_set():
+            log.warning("second stop signal: exiting now")
+            self._forced.set()
+        else:
+            log.info("stop signal: draining (grace %.0f s)", self.config.server.drain_timeout_s)
+            self._stop.set()
+
+    async def run(self, ready_file: Path | None = None) -> int:
+        """Serve until asked to stop; returns the exit status."""
+        await self._grpc.start()
+        http_task = asyncio.create_task(self._http.serve(sockets=[self._http_socket]))
+        log.info(
+            "listening: http %s:%d, grpc %s:%d",
+            self.config.server.http.host,
+            self.http_port,
+            self.config.server.grpc.host,
+            self.grpc_port,
+        )
+        await self.repository.load_all()
+        self.plane.publish_model_states()
+        for name in self.repository.names():
+            log.info("endpoint %r routes to version %s", name, self.router.resolve(name, None))
+        if ready_file is not None:
+            _write_ready_file(ready_file, self.http_port, self.grpc_port)
+        stopped = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        drain = asyncio.create_task(self._drain(http_task))
+        forced = asyncio.create_task(self._forced.wait())
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            self._http.force_exit = True
+            drain.cancel()
+            await self._grpc.stop(None)
+            return EXIT_FORCED
+        forced.cancel()
+        return 0
+
+    async def _drain(self, http_task: "asyncio.Task[None]") -> None:
+        grace = self.config.server.drain_timeout_s
+        self.plane.start_draining()
+        self._http.should_exit = True
+        await asyncio.gather(self._grpc.stop(grace), http_task)
+        if not await self.plane.wait_idle(grace):
+            log.warning("grace period over with requests still in flight")
+        await asyncio.to_thread(self.repository.close)
+        log.info("stopped")
+
+
+def _bind(listen: ListenConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.create_server((listen.host, listen.port), family=family, backlog=2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _write_ready_file(path: Path, http_port: int, grpc_port: int) -> None:
+    """Write the bound ports atomically, so a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(
+        json.dumps({"http_port": http_port, "grpc_port": grpc_port, "pid": os.getpid()})
+    )
+    partial.replace(path)
+
+
+async def serve(config: Config, ready_file: Path | None = None) -> int:
+    """Run a gateway until SIGTERM or SIGINT; returns the exit status."""
+    gateway = Gateway(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.request_stop)
+    try:
+        return await gateway.run(ready_file)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,225 @@
+"""turnout.yaml: the one config schema, loaded safely and validated with errors that name the
+field path (``models[1].path: file not found``)."""
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from turnout.models.loader import VersionSpec
+from turnout.models.providers import Device
+from turnout.models.session import SessionSettings
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+VERSION_PATTERN = r"^[1-9][0-9]{0,18}$"
+MiB = 1024 * 1024
+_PATTERN_PROBLEMS = {
+    NAME_PATTERN: (
+        "must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+    ),
+    VERSION_PATTERN: "must be a positive integer",
+}
+_Schema = TypeVar("_Schema", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` are ``field.path: what is wrong`` lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Strict):
+    """A listening address; port 0 asks the OS for a free port."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+
+
+class ServerConfig(_Strict):
+    """Listeners and limits of the process."""
+
+    http: ListenConfig = ListenConfig(port=8000)
+    grpc: ListenConfig = ListenConfig(port=8001)
+    max_request_bytes: Annotated[int, Field(gt=0)] = 64 * MiB
+    drain_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class SessionConfig(_Strict):
+    """ONNX Runtime session options."""
+
+    intra_op_threads: Annotated[int, Field(ge=0)] = 0
+    inter_op_threads: Annotated[int, Field(ge=1)] = 1
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    allow_spinning: bool = False
+
+
+class ModelSettings(_Strict):
+    """How one model version is run; in model-repository mode, the whole of a model's
+    ``turnout.yaml``."""
+
+    device: str = "auto"
+    tensorrt: bool = False
+    instances: Annotated[int, Field(ge=1, le=64)] = 1
+    max_batch_size: Annotated[int, Field(ge=0)] | None = None
+    warmup: bool = True
+    session: SessionConfig = SessionConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        Device.parse(value)
+        return value
+
+    def version_spec(self, name: str, version: str, path: Path) -> VersionSpec:
+        """The models layer's description of this version."""
+        session = self.session
+        return VersionSpec(
+            name=name,
+            version=version,
+            path=path,
+            device=Device.parse(self.device),
+            tensorrt=self.tensorrt,
+            instance_count=self.instances,
+            session=SessionSettings(
+                session.intra_op_threads,
+                session.inter_op_threads,
+                session.graph_optimization,
+                session.allow_spinning,
+            ),
+            max_batch_size=self.max_batch_size,
+            warmup=self.warmup,
+        )
+
+
+class ModelEntry(ModelSettings):
+    """One model version of the main config."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    version: Annotated[str, Field(pattern=VERSION_PATTERN)]
+    path: Path
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        path = value if value.is_absolute() or base is None else Path(base) / value
+        if not path.is_file():
+            raise ValueError("file not found")
+        return path.resolve()
+
+    def spec(self) -> VersionSpec:
+        """The models layer's description of this version."""
+        return self.version_spec(self.name, self.version, self.path)
+
+
+class Config(_Strict):
+    """The whole of turnout.yaml."""
+
+    server: ServerConfig = ServerConfig()
+    models: Annotated[list[ModelEntry], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_versions(self) -> "Config":
+        seen: dict[tuple[str, str], int] = {}
+        for index, entry in enumerate(self.models):
+            key = (entry.name, entry.version)
+            if key in seen:
+                raise ValueError(
+                    f"models[{index}]: {entry.name} version {entry.version} "
+                    f"is already models[{seen[key]}]"
+                )
+            seen[key] = index
+        return self
+
+    def version_specs(self) -> list[VersionSpec]:
+        """Every configured model version, for the repository."""
+        return [entry.spec() for entry in self.models]
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; raises ConfigError naming each bad field."""
+    return validate_config(read_yaml(path), path, base_dir=path.parent)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file with the safe loader; raises ConfigError for I/O and syntax errors."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["cannot read: not UTF-8 text"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(str(path), [f"{where}{problem}"]) from None
+
+
+def validate_config(data: Any, source: Path, base_dir: Path) -> Config:
+    """Validate parsed YAML as a Config; relative model paths are taken from ``base_dir``."""
+    return validate_as(Config, data, source, base_dir)
+
+
+def validate_as(schema: type[_Schema], data: Any, source: Path, base_dir: Path) -> _Schema:
+    """Validate ``data`` against ``schema``, turning pydantic's errors into a ConfigError."""
+    if data is None:
+        data = {}
+    try:
+        return schema.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(str(source), [_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> str:
+    path = _field_path(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown field"
+    elif kind == "missing":
+        message = "required"
+    elif kind == "value_error":
+        message = str(error["ctx"]["error"])
+    elif kind == "string_pattern_mismatch":
+        message = _PATTERN_PROBLEMS[error["ctx"]["pattern"]]
+    elif kind == "model_type" and not path:
+        message = "the config must be a mapping with a 'models' list"
+    else:
+        message = error["msg"]
+    return f"{path}: {message}" if path else message
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            path += f".{part}" if path else str(part)
+        else:
+            path += f"[{part!r}]"
+    return path

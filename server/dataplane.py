@@ -1,0 +1,191 @@
+"""The transport-neutral core that the HTTP and gRPC front ends both call: admission while
+draining, in-flight accounting, metrics, and the one place unexpected faults become a logged
+internal error."""
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from turnout import __version__
+from turnout.errors import InternalError, Unavailable
+from turnout.models.repository import ModelRepository, VersionEntry
+from turnout.models.types import RunStats, VersionState
+from turnout.router.router import Router
+from turnout.router.types import InferenceRequest, InferenceResponse
+from turnout.server.metrics import UNKNOWN, Metrics, status_of
+from turnout.server.statistics import RequestTiming, Statistics
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "turnout"
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters", "statistics")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What ``GET /v2`` and ServerMetadata report."""
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+class DataPlane:
+    """Shared by every transport; owns the router and repository for request handling."""
+
+    def __init__(self, repository: ModelRepository, router: Router, metrics: Metrics) -> None:
+        self.repository = repository
+        self.router = router
+        self.metrics = metrics
+        self.info = ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
+        self._statistics = Statistics()
+        self.draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._endpoints = frozenset(repository.names())
+
+    def is_ready(self) -> bool:
+        """Whether the server takes inference requests: every model loaded and not draining."""
+        return not self.draining and self.repository.is_ready()
+
+    def version_entry(self, endpoint: str, version: str | None) -> VersionEntry:
+        """The entry of the version that serves ``endpoint`` (or the pinned one)."""
+        return self.repository.entry(endpoint, self.router.resolve(endpoint, version))
+
+    def model_ready(self, endpoint: str, version: str | None) -> bool:
+        """Whether that version is ready; raises ModelNotFound for unknown names."""
+        return self.version_entry(endpoint, version).state is VersionState.READY
+
+    def request(self, protocol: str, endpoint: str) -> "RequestScope":
+        """Admit an inference request; raises Unavailable while draining.
+
+        Use the scope as a context manager around decoding, inference and encoding.
+        """
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        return RequestScope(self, protocol, endpoint)
+
+    async def infer(self, request: InferenceRequest, scope: "RequestScope") -> InferenceResponse:
+        """Route and run a decoded request inside its scope."""
+        scope.version = self.router.choose(request)
+        scope.dispatched = time.perf_counter()
+        response = await self.router.run(request, scope.version)
+        scope.returned = time.perf_counter()
+        scope.run = response.stats
+        return response
+
+    def statistics(self, endpoint: str | None, version: str | None) -> list[dict[str, Any]]:
+        """Triton's statistics for every version, one model's versions, or one version."""
+        if endpoint is None:
+            keys = [(entry.spec.name, entry.spec.version) for entry in self.repository.entries()]
+        elif version is None:
+            keys = [(endpoint, v) for v in self.repository.versions(endpoint)]
+        else:
+            keys = [(endpoint, self.repository.entry(endpoint, version).spec.version)]
+        return [self._statistics.view(name, v) for name, v in keys]
+
+    def internal_error(self, error: BaseException, request_id: str) -> InternalError:
+        """Log an unexpected fault with a request id and return the error the client sees."""
+        request_id = request_id or uuid.uuid4().hex
+        log.error("request %s failed inside Turnout", request_id, exc_info=error)
+        return InternalError(request_id)
+
+    def start_draining(self) -> None:
+        """Refuse new requests and report not ready; requests in flight carry on."""
+        self.draining = True
+
+    async def wait_idle(self, grace_s: float) -> bool:
+        """Wait until no request is in flight; False when ``grace_s`` passed first."""
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def publish_model_states(self) -> None:
+        """Refresh the per-version readiness gauge."""
+        for entry in self.repository.entries():
+            ready = 1 if entry.state is VersionState.READY else 0
+            self.metrics.model_ready.labels(entry.spec.name, entry.spec.version).set(ready)
+
+    def _enter(self, protocol: str) -> None:
+        self._inflight += 1
+        self._idle.clear()
+        self.metrics.inflight.labels(protocol).inc()
+
+    def _exit(self, scope: "RequestScope", error: BaseException | None) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+        self.metrics.inflight.labels(scope.protocol).dec()
+        finished = time.perf_counter()
+        total = finished - scope.started
+        endpoint = scope.endpoint if scope.endpoint in self._endpoints else UNKNOWN
+        version = scope.version or ""
+        series = self.metrics.series(endpoint, version, scope.protocol)
+        series.outcomes[_status(error)].inc()
+        series.duration.observe(total)
+        run = scope.run
+        if run is not None:
+            series.run_duration.observe(run.run_seconds)
+        if not version:
+            return
+        if error is None and run is not None:
+            timing = RequestTiming(
+                total=total,
+                compute_input=scope.dispatched - scope.started,
+                compute_output=finished - scope.returned,
+                run=run,
+            )
+            self._statistics.record_success(endpoint, version, timing)
+        else:
+            self._statistics.record_failure(endpoint, version, total)
+
+
+def _status(error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    return status_of(error)
+
+
+class RequestScope:
+    """One admitted request: counts it in flight and records its outcome on exit."""
+
+    __slots__ = (
+        "_plane",
+        "dispatched",
+        "endpoint",
+        "protocol",
+        "returned",
+        "run",
+        "started",
+        "version",
+    )
+
+    def __init__(self, plane: DataPlane, protocol: str, endpoint: str) -> None:
+        self._plane = plane
+        self.protocol = protocol
+        self.endpoint = endpoint
+        self.version: str | None = None
+        self.run: RunStats | None = None
+        self.started = time.perf_counter()
+        self.dispatched = self.started
+        self.returned = self.started
+
+    def __enter__(self) -> "RequestScope":
+        self._plane._enter(self.protocol)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._plane._exit(self, exc)

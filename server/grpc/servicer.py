@@ -1,0 +1,123 @@
+"""The gRPC front end: GRPCInferenceService on grpc.aio, translating to and from the data plane."""
+
+import logging
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from turnout.errors import TurnoutError
+from turnout.protos import inference_pb2 as pb
+from turnout.protos import inference_pb2_grpc as pb_grpc
+from turnout.server.dataplane import DataPlane
+from turnout.server.grpc.codec import (
+    config_message,
+    decode_request,
+    encode_response,
+    metadata_message,
+    statistics_message,
+)
+from turnout.server.grpc.errors import code_for
+from turnout.server.model_views import config_view, metadata_view
+
+log = logging.getLogger(__name__)
+
+ROUTING_KEY_METADATA = "x-routing-key"
+_Reply = TypeVar("_Reply")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Serves the V2 RPCs and Triton's model configuration over one data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._plane.is_ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        return await self._answer(
+            context,
+            lambda: pb.ModelReadyResponse(
+                ready=self._plane.model_ready(request.name, request.version or None)
+            ),
+        )
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        info = self._plane.info
+        return pb.ServerMetadataResponse(
+            name=info.name, version=info.version, extensions=info.extensions
+        )
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        def view() -> pb.ModelMetadataResponse:
+            entry = self._plane.version_entry(request.name, request.version or None)
+            versions = self._plane.repository.versions(request.name)
+            return metadata_message(metadata_view(request.name, versions, entry))
+
+        return await self._answer(context, view)
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        def view() -> pb.ModelConfigResponse:
+            entry = self._plane.version_entry(request.name, request.version or None)
+            return config_message(config_view(request.name, entry))
+
+        return await self._answer(context, view)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        return await self._answer(
+            context,
+            lambda: statistics_message(
+                self._plane.statistics(request.name or None, request.version or None)
+            ),
+        )
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        try:
+            with self._plane.request("grpc", request.model_name) as scope:
+                inference = decode_request(request, context.time_remaining(), _routing_key(context))
+                response = await self._plane.infer(inference, scope)
+                return encode_response(response, request.id)
+        except TurnoutError as error:
+            await _abort(context, error)
+        except Exception as error:
+            await _abort(context, self._plane.internal_error(error, request.id))
+
+    async def _answer(
+        self, context: grpc.aio.ServicerContext, build: Callable[[], _Reply]
+    ) -> _Reply:
+        try:
+            return build()
+        except TurnoutError as error:
+            await _abort(context, error)
+
+
+def _routing_key(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTING_KEY_METADATA:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: TurnoutError) -> NoReturn:
+    await context.abort(code_for(error), error.message)
+    raise AssertionError("unreachable: abort raises")

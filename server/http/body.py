@@ -1,0 +1,52 @@
+"""Reading a request body within the size limit, counting bytes as they stream in, and undoing
+``Content-Encoding: gzip|deflate`` without letting a small body expand past the limit."""
+
+import zlib
+
+from starlette.requests import Request
+
+from turnout.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, decompressed; PayloadTooLarge as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput("Content-Length must be a non-negative integer")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise UnsupportedMediaType("Content-Encoding must be gzip, deflate or identity")
+    return _decompress(body, wbits, limit, encoding)
+
+
+def _decompress(body: bytes, wbits: int, limit: int, encoding: str) -> bytes:
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error:
+        raise InvalidInput(f"the body is not valid {encoding} data") from None
+    if len(data) > limit or decompressor.unconsumed_tail:
+        raise _too_large(limit, "decompressed ")
+    if not decompressor.eof:
+        raise InvalidInput(f"the {encoding} body is truncated")
+    return data
+
+
+def _too_large(limit: int, what: str = "") -> PayloadTooLarge:
+    return PayloadTooLarge(f"the {what}request body is larger than the limit of {limit} bytes")

@@ -1,0 +1,288 @@
+"""V2 inference requests and responses over HTTP: JSON tensors and the binary tensor data
+extension (a JSON header of ``Inference-Header-Content-Length`` bytes, then raw tensors)."""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from turnout.errors import InvalidInput, quoted
+from turnout.models.datatypes import Datatype
+from turnout.router.types import InferenceRequest, InferenceResponse, ParameterValue
+from turnout.server.tensors import (
+    as_bytes,
+    decode_raw,
+    element_count,
+    encode_raw,
+    narrow_integers,
+    output_datatype,
+    parse_datatype,
+    parse_shape,
+)
+
+MAX_ID_LENGTH = 1024
+_NUMERIC_KINDS = {"b": "boolean", "i": "integer", "u": "integer", "f": "number"}
+
+
+@dataclass(slots=True)
+class HttpInferRequest:
+    """A decoded request and how its outputs are to be returned."""
+
+    request: InferenceRequest
+    binary_choices: dict[str, bool]
+    binary_by_default: bool
+
+    def wants_binary(self, output: str) -> bool:
+        """Whether ``output`` goes back as raw bytes rather than JSON data."""
+        return self.binary_choices.get(output, self.binary_by_default)
+
+
+@dataclass(slots=True)
+class EncodedResponse:
+    """A response body, and the JSON header's length when binary tensors follow it."""
+
+    body: bytes
+    header_length: int | None
+
+
+def decode_request(
+    body: bytes, header_length: int | None, endpoint: str, version: str | None
+) -> HttpInferRequest:
+    """Decode an inference request body; raises InvalidInput naming what is wrong."""
+    view = memoryview(body)
+    if header_length is None:
+        header, binary = view, view[:0]
+    else:
+        if header_length > len(view):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {header_length} but the body has only "
+                f"{len(view)} bytes"
+            )
+        header, binary = view[:header_length], view[header_length:]
+    if not header:
+        raise InvalidInput("the request body is empty; expected a JSON object")
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str) or len(request_id) > MAX_ID_LENGTH:
+        raise InvalidInput(f"id must be a string of at most {MAX_ID_LENGTH} characters")
+    parameters = _parameters(document.get("parameters"), "parameters")
+    inputs = _inputs(document.get("inputs"), binary)
+    requested, binary_choices = _requested_outputs(document.get("outputs"))
+    binary_by_default = parameters.pop("binary_data_output", False) is True
+    request = InferenceRequest(
+        endpoint=endpoint,
+        inputs=inputs,
+        request_id=request_id,
+        version=version,
+        requested_outputs=requested,
+        parameters=parameters,
+        routing_key=_routing_key(parameters),
+        deadline=_deadline(parameters),
+    )
+    return HttpInferRequest(request, binary_choices, binary_by_default)
+
+
+def _inputs(items: Any, binary: memoryview) -> dict[str, np.ndarray]:
+    if not isinstance(items, list):
+        raise InvalidInput("inputs must be a list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, item in enumerate(items):
+        where = f"inputs[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{where} must be a JSON object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput(f"{where}.name must be a string")
+        if name in inputs:
+            raise InvalidInput(f"duplicate input {quoted(name)}")
+        where = f"input {quoted(name)}"
+        datatype = parse_datatype(item.get("datatype"), where)
+        shape = parse_shape(item.get("shape"), where)
+        parameters = _parameters(item.get("parameters"), f"{where} parameters")
+        size = parameters.get("binary_data_size")
+        has_data = "data" in item
+        if size is not None:
+            if has_data:
+                raise InvalidInput(f"{where}: give either data or binary_data_size, not both")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"{where}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} binary bytes left)"
+                )
+            inputs[name] = decode_raw(binary[offset : offset + size], datatype, shape, where)
+            offset += size
+        elif has_data:
+            inputs[name] = _json_tensor(item["data"], datatype, shape, where)
+        else:
+            raise InvalidInput(f"{where} has no data")
+    if offset != len(binary):
+        raise InvalidInput(
+            f"the binary inputs declare {offset} bytes but {len(binary)} follow the JSON header"
+        )
+    return inputs
+
+
+def _json_tensor(data: Any, datatype: Datatype, shape: tuple[int, ...], where: str) -> np.ndarray:
+    count = element_count(shape)
+    if not isinstance(data, list):
+        data = [data]
+    if datatype.is_bytes:
+        flat = _flatten(data, where)
+        _check_count(len(flat), count, shape, where)
+        elements = np.empty(count, dtype=object)
+        for i, element in enumerate(flat):
+            if not isinstance(element, str):
+                raise InvalidInput(f"{where}: BYTES data must be strings")
+            elements[i] = element.encode()
+        return elements.reshape(shape)
+    try:
+        parsed = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"{where}: data is ragged; nested lists must be rectangular") from None
+    _check_count(parsed.size, count, shape, where)
+    return _cast(parsed, datatype, where).reshape(shape)
+
+
+def _cast(parsed: np.ndarray, datatype: Datatype, where: str) -> np.ndarray:
+    """Convert JSON values to ``datatype``, refusing values of the wrong kind or range."""
+    target = datatype.dtype
+    kind = parsed.dtype.kind
+    if parsed.size == 0:
+        return parsed.astype(target)
+    fits = {
+        "b": kind == "b",
+        "i": kind in "iu",
+        "u": kind in "iu",
+        "f": kind in "iuf",
+    }[target.kind]
+    if not fits:
+        raise InvalidInput(f"{where}: {datatype.name} data must be {_NUMERIC_KINDS[target.kind]}s")
+    if target.kind in "iu":
+        return narrow_integers(parsed, datatype, where)
+    return parsed.astype(target)
+
+
+def _flatten(data: list[Any], where: str) -> list[Any]:
+    if not any(isinstance(element, list) for element in data):
+        return data
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for element in stack[-1]:
+            if isinstance(element, list):
+                if len(stack) > 32:
+                    raise InvalidInput(f"{where}: data is nested too deeply")
+                stack.append(iter(element))
+                break
+            flat.append(element)
+        else:
+            stack.pop()
+    return flat
+
+
+def _check_count(got: int, expected: int, shape: tuple[int, ...], where: str) -> None:
+    if got != expected:
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} needs {expected} elements, data has {got}"
+        )
+
+
+def _requested_outputs(items: Any) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
+    if items is None:
+        return None, {}
+    if not isinstance(items, list):
+        raise InvalidInput("outputs must be a list")
+    names: list[str] = []
+    binary: dict[str, bool] = {}
+    for index, item in enumerate(items):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            raise InvalidInput(f"outputs[{index}].name must be a string")
+        if name in names:
+            raise InvalidInput(f"duplicate output {quoted(name)}")
+        parameters = _parameters(item.get("parameters"), f"output {quoted(name)} parameters")
+        if "classification" in parameters:
+            raise InvalidInput("the classification extension is not supported")
+        choice = parameters.get("binary_data")
+        if choice is not None:
+            if not isinstance(choice, bool):
+                raise InvalidInput(f"output {quoted(name)}: binary_data must be true or false")
+            binary[name] = choice
+        names.append(name)
+    return tuple(names), binary
+
+
+def _parameters(value: Any, where: str) -> dict[str, ParameterValue]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where} must be a JSON object")
+    for key, item in value.items():
+        if not isinstance(item, bool | int | float | str):
+            raise InvalidInput(f"{where}: {quoted(key)} must be a boolean, number or string")
+    return value
+
+
+def _routing_key(parameters: dict[str, ParameterValue]) -> str | None:
+    key = parameters.get("routing_key")
+    if key is None:
+        return None
+    if not isinstance(key, str):
+        raise InvalidInput("parameters: 'routing_key' must be a string")
+    return key
+
+
+def _deadline(parameters: dict[str, ParameterValue]) -> float | None:
+    """The ``timeout`` parameter (microseconds, as Triton's clients send it) as a deadline."""
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+        raise InvalidInput("parameters: 'timeout' must be a non-negative integer (microseconds)")
+    return time.monotonic() + timeout / 1e6 if timeout else None
+
+
+def encode_response(
+    response: InferenceResponse, request_id: str, decoded: HttpInferRequest
+) -> EncodedResponse:
+    """Encode outputs as JSON, or as JSON plus raw tensors for those asked for in binary."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in response.outputs.items():
+        datatype = output_datatype(name, array)
+        output: dict[str, Any] = {"name": name, "datatype": datatype.name, "shape": array.shape}
+        if decoded.wants_binary(name):
+            blob = encode_raw(array, datatype)
+            output["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            output["data"] = _json_data(array, datatype)
+        outputs.append(output)
+    header = orjson.dumps(
+        {
+            "model_name": response.endpoint,
+            "model_version": response.version,
+            "id": request_id,
+            "outputs": outputs,
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    if not blobs:
+        return EncodedResponse(header, None)
+    return EncodedResponse(b"".join((header, *blobs)), len(header))
+
+
+def _json_data(array: np.ndarray, datatype: Datatype) -> Any:
+    if datatype.is_bytes:
+        return [as_bytes(element).decode(errors="replace") for element in array.reshape(-1)]
+    return np.ascontiguousarray(array).reshape(-1)

@@ -1,0 +1,76 @@
+"""``turnout serve --model-repository DIR``: a Triton-style repository read as a config.
+
+Each ``DIR/<model>/<version>/model.onnx`` is a model version (versions are positive integers);
+an optional ``DIR/<model>/turnout.yaml`` holds that model's settings in the schema of a model
+entry of turnout.yaml, without ``name``, ``version`` and ``path``, which the layout gives.
+"""
+
+import logging
+import re
+from pathlib import Path
+
+from turnout.server.config import (
+    NAME_PATTERN,
+    VERSION_PATTERN,
+    Config,
+    ConfigError,
+    ModelEntry,
+    ModelSettings,
+    ServerConfig,
+    read_yaml,
+    validate_as,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+SETTINGS_FILE = "turnout.yaml"
+
+
+def config_from_repository(root: Path, server: ServerConfig) -> Config:
+    """A Config serving every model version found under ``root``."""
+    if not root.is_dir():
+        raise ConfigError(str(root), ["model repository: not a directory"])
+    entries: list[ModelEntry] = []
+    problems: list[str] = []
+    for model_dir in sorted(path for path in root.iterdir() if path.is_dir()):
+        if model_dir.name.startswith("."):
+            continue
+        if not re.fullmatch(NAME_PATTERN, model_dir.name):
+            problems.append(
+                f"{model_dir.name!r}: a model name must be 1 to 128 letters, digits, '_', '.' "
+                "or '-', starting with a letter or digit"
+            )
+            continue
+        entries.extend(_model_versions(model_dir))
+    if problems:
+        raise ConfigError(str(root), problems)
+    if not entries:
+        raise ConfigError(str(root), [f"no <model>/<version>/{MODEL_FILE} found"])
+    return Config(server=server, models=entries)
+
+
+def _model_versions(model_dir: Path) -> list[ModelEntry]:
+    settings_file = model_dir / SETTINGS_FILE
+    settings = (
+        validate_as(ModelSettings, read_yaml(settings_file), settings_file, model_dir)
+        if settings_file.is_file()
+        else ModelSettings()
+    )
+    entries = []
+    for version_dir in sorted(path for path in model_dir.iterdir() if path.is_dir()):
+        if not re.fullmatch(VERSION_PATTERN, version_dir.name):
+            continue
+        model_file = version_dir / MODEL_FILE
+        if not model_file.is_file():
+            log.warning("%s: no %s; version skipped", version_dir, MODEL_FILE)
+            continue
+        entries.append(
+            ModelEntry(
+                name=model_dir.name,
+                version=version_dir.name,
+                path=model_file.resolve(),
+                **settings.model_dump(),
+            )
+        )
+    return entries

@@ -1,0 +1,7 @@
+"""``python -m turnout``: the same as the ``turnout`` command."""
+
+import sys
+
+from turnout.server.cli import main
+
+sys.exit(main())
