@@ -4,6 +4,7 @@ back to the CPU when the device cannot be used."""
 import ctypes
 import functools
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,9 +32,9 @@ class Device:
         kinds: dict[str, DeviceKind] = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}
         if text in kinds:
             return cls(kinds[text])
-        prefix, _, index = text.partition(":")
-        if prefix == "cuda" and index.isdigit():
-            return cls("cuda", int(index))
+        indexed = re.fullmatch(r"cuda:([0-9]{1,3})", text)
+        if indexed:
+            return cls("cuda", int(indexed[1]))
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
     def __str__(self) -> str:

@@ -25,7 +25,7 @@ class VersionEntry:
 
 def version_order(version: str) -> tuple[int, str]:
     """Sort key putting versions in numeric order."""
-    return (int(version), version) if version.isdigit() else (-1, version)
+    return (int(version), version) if version.isascii() and version.isdigit() else (-1, version)
 
 
 class ModelRepository:

@@ -5,6 +5,7 @@ import logging
 import time
 
 import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from turnout.errors import DeadlineExceeded, InvalidInput, quoted
@@ -48,7 +49,11 @@ class ModelRunner:
         )
         try:
             outputs, seconds = await future
-        except OrtInvalidArgument as exc:
+        except (OrtInvalidArgument, OrtFail) as exc:
+            # Validation already matched names, types and shapes, so what ONNX Runtime still
+            # refuses (mismatched dimensions between inputs, an index out of range) comes from
+            # the values sent.
+            log.debug("%s: ONNX Runtime refused the input: %s", self.signature.name, exc)
             raise InvalidInput(
                 f"model {quoted(self.signature.name)} version {self.signature.version} "
                 "could not run on this input"
@@ -64,6 +69,8 @@ class ModelRunner:
         return int(next(iter(request.inputs.values())).shape[0])
 
     async def _acquire(self, deadline: float | None) -> OrtInstance:
+        if deadline is not None and deadline <= time.monotonic():
+            raise self._expired()
         if not self._idle.empty():
             return self._idle.get_nowait()
         if deadline is None:
@@ -73,17 +80,28 @@ class ModelRunner:
             async with asyncio.timeout(max(remaining, 0.0)):
                 return await self._idle.get()
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"model {quoted(self.signature.name)} version {self.signature.version}: "
-                "the request's deadline passed while it waited for a worker"
-            ) from None
+            raise self._expired() from None
+
+    def _expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"model {quoted(self.signature.name)} version {self.signature.version}: "
+            "the request's deadline passed before it could run"
+        )
 
     def _feed(self, inputs: dict[str, np.ndarray]) -> Feed:
-        if not self._bytes_inputs:
-            return inputs
-        feed: Feed = dict(inputs)
-        for name in self._bytes_inputs:
-            feed[name] = _as_text(name, inputs[name])
+        """What ONNX Runtime is given: text for string inputs, native byte order throughout
+        (it reads raw memory, and validation accepts either order)."""
+        feed: Feed = inputs
+        for name, array in inputs.items():
+            if name in self._bytes_inputs:
+                converted = _as_text(name, array)
+            elif not array.dtype.isnative:
+                converted = array.astype(array.dtype.newbyteorder("="))
+            else:
+                continue
+            if feed is inputs:
+                feed = dict(inputs)
+            feed[name] = converted
         return feed
 
     def warm_up(self) -> None:

@@ -1,7 +1,7 @@
 """The process: builds the layers from config, serves HTTP and gRPC on one event loop, and shuts
 down in order on SIGTERM/SIGINT: readiness 503 and new requests refused, listeners closed,
 in-flight requests drained within the grace period, models closed, exit 0. A second signal
-forces an immediate exit."""
+exits at once with status 1."""
 
 import asyncio
 import contextlib
@@ -48,7 +48,6 @@ class Gateway:
         self.router = Router(self.repository)
         self.plane = DataPlane(self.repository, self.router, self.metrics)
         self._stop = asyncio.Event()
-        self._forced = asyncio.Event()
         server = config.server
         self._http_socket = _bind(server.http)
         self.http_port: int = self._http_socket.getsockname()[1]
@@ -76,8 +75,11 @@ class Gateway:
     def request_stop(self) -> None:
         """Begin the graceful shutdown; a second call forces it."""
         if self._stop.is_set():
-            log.warning("second stop signal: exiting now")
-            self._forced.set()
+            log.warning("second stop signal: exiting now, abandoning requests in flight")
+            logging.shutdown()
+            # Immediately, without interpreter teardown: runs still inside ONNX Runtime on worker
+            # threads would have their sessions destroyed under them, which aborts the process.
+            os._exit(EXIT_FORCED)
         else:
             log.info("stop signal: draining (grace %.0f s)", self.config.server.drain_timeout_s)
             self._stop.set()
@@ -101,15 +103,7 @@ class Gateway:
             _write_ready_file(ready_file, self.http_port, self.grpc_port)
         stopped = asyncio.create_task(self._stop.wait())
         await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
-        drain = asyncio.create_task(self._drain(http_task))
-        forced = asyncio.create_task(self._forced.wait())
-        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-        if not drain.done():
-            self._http.force_exit = True
-            drain.cancel()
-            await self._grpc.stop(None)
-            return EXIT_FORCED
-        forced.cancel()
+        await self._drain(http_task)
         return 0
 
     async def _drain(self, http_task: "asyncio.Task[None]") -> None:

@@ -117,8 +117,12 @@ class ModelEntry(ModelSettings):
 
     @field_validator("version", mode="before")
     @classmethod
-    def _version_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    def _version_text(cls, value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            return value
+        raise ValueError(_PATTERN_PROBLEMS[VERSION_PATTERN])
 
     @field_validator("path")
     @classmethod
@@ -189,6 +193,13 @@ def validate_as(schema: type[_Schema], data: Any, source: Path, base_dir: Path) 
     """Validate ``data`` against ``schema``, turning pydantic's errors into a ConfigError."""
     if data is None:
         data = {}
+    if not isinstance(data, dict):
+        problem = (
+            "the config must be a mapping with a 'models' list"
+            if schema is Config
+            else "the settings must be a mapping"
+        )
+        raise ConfigError(str(source), [problem])
     try:
         return schema.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
@@ -206,8 +217,6 @@ def _describe(error: Any) -> str:
         message = str(error["ctx"]["error"])
     elif kind == "string_pattern_mismatch":
         message = _PATTERN_PROBLEMS[error["ctx"]["pattern"]]
-    elif kind == "model_type" and not path:
-        message = "the config must be a mapping with a 'models' list"
     else:
         message = error["msg"]
     return f"{path}: {message}" if path else message

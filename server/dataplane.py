@@ -3,6 +3,7 @@ draining, in-flight accounting, metrics, and the one place unexpected faults bec
 internal error."""
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -11,7 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from turnout import __version__
-from turnout.errors import InternalError, Unavailable
+from turnout.errors import ClientDisconnected, InternalError, Unavailable
 from turnout.models.repository import ModelRepository, VersionEntry
 from turnout.models.types import RunStats, VersionState
 from turnout.router.router import Router
@@ -22,6 +23,7 @@ from turnout.server.statistics import RequestTiming, Statistics
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "turnout"
+PROTOCOLS = ("http", "grpc")
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters", "statistics")
 
 
@@ -45,6 +47,11 @@ class DataPlane:
         self._statistics = Statistics()
         self.draining = False
         self._inflight = 0
+        self._inflight_by_protocol = dict.fromkeys(PROTOCOLS, 0)
+        for protocol in PROTOCOLS:
+            metrics.inflight.labels(protocol).set_function(
+                functools.partial(self._inflight_by_protocol.__getitem__, protocol)
+            )
         self._idle = asyncio.Event()
         self._idle.set()
         self._endpoints = frozenset(repository.names())
@@ -116,14 +123,14 @@ class DataPlane:
 
     def _enter(self, protocol: str) -> None:
         self._inflight += 1
+        self._inflight_by_protocol[protocol] += 1
         self._idle.clear()
-        self.metrics.inflight.labels(protocol).inc()
 
     def _exit(self, scope: "RequestScope", error: BaseException | None) -> None:
         self._inflight -= 1
+        self._inflight_by_protocol[scope.protocol] -= 1
         if self._inflight == 0:
             self._idle.set()
-        self.metrics.inflight.labels(scope.protocol).dec()
         finished = time.perf_counter()
         total = finished - scope.started
         endpoint = scope.endpoint if scope.endpoint in self._endpoints else UNKNOWN
@@ -149,7 +156,7 @@ class DataPlane:
 
 
 def _status(error: BaseException | None) -> str:
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, asyncio.CancelledError | ClientDisconnected):
         return "cancelled"
     return status_of(error)
 

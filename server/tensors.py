@@ -13,6 +13,9 @@ from turnout.errors import InvalidInput, quoted
 from turnout.models.datatypes import DATATYPES, Datatype, datatype_of_array
 
 MAX_RANK = 32
+# More elements than any body could carry; refusing them early keeps numpy from being asked for
+# arrays it cannot describe (a zero dimension makes the count 0 whatever the others are).
+MAX_ELEMENTS = 1 << 40
 _LENGTH = struct.Struct("<I")
 
 
@@ -39,6 +42,8 @@ def parse_shape(shape: Any, where: str) -> tuple[int, ...]:
         raise InvalidInput(
             f"{where}: shape must be a list of at most {MAX_RANK} non-negative integers"
         )
+    if math.prod(max(dim, 1) for dim in shape) > MAX_ELEMENTS:
+        raise InvalidInput(f"{where}: shape {list(shape)} is larger than any tensor served")
     return tuple(shape)
 
 

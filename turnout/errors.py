@@ -70,3 +70,7 @@ def quoted_list(names: Iterable[str], limit: int = 8) -> str:
     names = list(names)
     shown = ", ".join(quoted(name) for name in names[:limit])
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was answered; there is nobody to tell."""

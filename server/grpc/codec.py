@@ -1,7 +1,6 @@
 """V2 inference requests and responses as protobuf messages: typed ``contents`` or
 ``raw_input_contents`` in, ``raw_output_contents`` out (as Triton answers)."""
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from turnout.errors import InvalidInput, quoted
 from turnout.models.datatypes import Datatype
 from turnout.protos import inference_pb2 as pb
 from turnout.router.types import InferenceRequest, InferenceResponse, ParameterValue
+from turnout.server.parameters import request_deadline, routing_key
 from turnout.server.tensors import (
     decode_raw,
     element_count,
@@ -40,7 +40,7 @@ CONTENTS_FIELD = {
 
 
 def decode_request(
-    message: pb.ModelInferRequest, remaining_s: float | None, routing_key: str | None
+    message: pb.ModelInferRequest, remaining_s: float | None, routing_key_metadata: str | None
 ) -> InferenceRequest:
     """Decode a ModelInferRequest; ``remaining_s`` is the client's gRPC deadline, if any."""
     raw = message.raw_input_contents
@@ -65,14 +65,6 @@ def decode_request(
             inputs[name] = _typed_tensor(tensor.contents, datatype, shape, where)
     requested = _requested_outputs(message.outputs)
     parameters = parameters_of(message.parameters, "parameters")
-    deadline = time.monotonic() + remaining_s if remaining_s is not None else None
-    timeout = parameters.get("timeout")
-    if isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0:
-        parameter_deadline = time.monotonic() + timeout / 1e6
-        deadline = parameter_deadline if deadline is None else min(deadline, parameter_deadline)
-    key = parameters.get("routing_key")
-    if routing_key is None and isinstance(key, str):
-        routing_key = key
     return InferenceRequest(
         endpoint=message.model_name,
         inputs=inputs,
@@ -80,8 +72,8 @@ def decode_request(
         version=message.model_version or None,
         requested_outputs=requested,
         parameters=parameters,
-        routing_key=routing_key,
-        deadline=deadline,
+        routing_key=routing_key(parameters, routing_key_metadata),
+        deadline=request_deadline(parameters, remaining_s),
     )
 
 

@@ -12,20 +12,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive
 
-from turnout.errors import InvalidInput, TurnoutError, UnsupportedMediaType
+from turnout.errors import TurnoutError
 from turnout.server.dataplane import DataPlane
-from turnout.server.http.body import read_body
-from turnout.server.http.codec import decode_request, encode_response
 from turnout.server.http.errors import error_response, json_error
+from turnout.server.http.infer import InferEndpoint, Scope, Send, infer_path
 from turnout.server.model_views import config_view, metadata_view
 
 log = logging.getLogger(__name__)
 
-HEADER_LENGTH = "inference-header-content-length"
-ROUTING_KEY_HEADER = "x-routing-key"
 _JSON = "application/json"
-_BINARY = "application/octet-stream"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -40,13 +37,14 @@ class HttpFrontEnd:
         self._plane = plane
         self._max_request_bytes = max_request_bytes
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
         """The ASGI application."""
+        infer = InferEndpoint(self._plane, self._max_request_bytes)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
         routes = [
-            Route(f"{model}/infer", self.infer, methods=["POST"]),
-            Route(f"{version}/infer", self.infer, methods=["POST"]),
+            Route(f"{model}/infer", infer, methods=["POST"]),
+            Route(f"{version}/infer", infer, methods=["POST"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
             Route("/v2", self.server_metadata, methods=["GET"]),
@@ -61,40 +59,11 @@ class HttpFrontEnd:
             Route(f"{version}/stats", self._guarded(self.statistics), methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
         ]
-        return Starlette(
+        api = Starlette(
             routes=routes,
             exception_handlers={HTTPException: _http_exception, Exception: self._unexpected},
         )
-
-    async def infer(self, request: Request) -> Response:
-        """``POST …/infer``: decode, run through the data plane, encode."""
-        params = request.path_params
-        endpoint: str = params["model"]
-        request_id = ""
-        try:
-            with self._plane.request("http", endpoint) as scope:
-                body = await read_body(request, self._max_request_bytes)
-                header_length = _header_length(request)
-                _check_content_type(request, header_length is not None)
-                decoded = decode_request(body, header_length, endpoint, params.get("version"))
-                inference = decoded.request
-                request_id = inference.request_id
-                routing_key = request.headers.get(ROUTING_KEY_HEADER)
-                if routing_key is not None:
-                    inference.routing_key = routing_key
-                response = await self._plane.infer(inference, scope)
-                encoded = encode_response(response, request_id, decoded)
-        except TurnoutError as error:
-            return error_response(error)
-        except Exception as error:
-            return error_response(self._plane.internal_error(error, request_id))
-        if encoded.header_length is None:
-            return Response(encoded.body, media_type=_JSON)
-        return Response(
-            encoded.body,
-            media_type=_BINARY,
-            headers={"Inference-Header-Content-Length": str(encoded.header_length)},
-        )
+        return _InferFirst(infer, api)
 
     async def live(self, request: Request) -> Response:
         """``GET /v2/health/live``: 200 while the process runs."""
@@ -159,29 +128,22 @@ def _model_and_version(request: Request) -> tuple[str, str | None]:
     return request.path_params["model"], request.path_params.get("version")
 
 
-def _header_length(request: Request) -> int | None:
-    value = request.headers.get(HEADER_LENGTH)
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
-    return int(value)
-
-
-def _check_content_type(request: Request, binary: bool) -> None:
-    value = request.headers.get("content-type")
-    if value is None:
-        return
-    media_type = value.partition(";")[0].strip().lower()
-    if media_type == _JSON or (binary and media_type == _BINARY):
-        return
-    raise UnsupportedMediaType(
-        "Content-Type must be application/json, or application/octet-stream with "
-        "Inference-Header-Content-Length"
-    )
-
-
 async def _http_exception(request: Request, error: Exception) -> Response:
     if not isinstance(error, HTTPException):
         raise error
     return json_error(error.status_code, error.detail, dict(error.headers or {}))
+
+
+class _InferFirst:
+    """Sends ``POST …/infer`` straight to the inference endpoint and everything else through
+    starlette's router (which also answers the infer paths' other methods with 405)."""
+
+    def __init__(self, infer: InferEndpoint, api: Starlette) -> None:
+        self._infer = infer
+        self._api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and infer_path(scope["path"]):
+            await self._infer(scope, receive, send)
+        else:
+            await self._api(scope, receive, send)

@@ -2,31 +2,39 @@
 ``Content-Encoding: gzip|deflate`` without letting a small body expand past the limit."""
 
 import zlib
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
 
-from starlette.requests import Request
+from turnout.errors import ClientDisconnected, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
-from turnout.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, decompressed; PayloadTooLarge as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """The whole body, decompressed; PayloadTooLarge as soon as it passes ``limit`` bytes
+    (before reading anything when Content-Length already says so)."""
+    declared = headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise InvalidInput("Content-Length must be a non-negative integer")
         if int(declared) > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
         received += len(chunk)
         if received > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding == "identity":
         return body
     wbits = _WBITS.get(encoding)

@@ -1,7 +1,6 @@
 """V2 inference requests and responses over HTTP: JSON tensors and the binary tensor data
 extension (a JSON header of ``Inference-Header-Content-Length`` bytes, then raw tensors)."""
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,21 +8,18 @@ import numpy as np
 import orjson
 
 from turnout.errors import InvalidInput, quoted
-from turnout.models.datatypes import Datatype
 from turnout.router.types import InferenceRequest, InferenceResponse, ParameterValue
+from turnout.server.http.json_tensors import decode_json_data, encode_json_data
+from turnout.server.parameters import request_deadline, routing_key
 from turnout.server.tensors import (
-    as_bytes,
     decode_raw,
-    element_count,
     encode_raw,
-    narrow_integers,
     output_datatype,
     parse_datatype,
     parse_shape,
 )
 
 MAX_ID_LENGTH = 1024
-_NUMERIC_KINDS = {"b": "boolean", "i": "integer", "u": "integer", "f": "number"}
 
 
 @dataclass(slots=True)
@@ -48,7 +44,11 @@ class EncodedResponse:
 
 
 def decode_request(
-    body: bytes, header_length: int | None, endpoint: str, version: str | None
+    body: bytes,
+    header_length: int | None,
+    endpoint: str,
+    version: str | None,
+    routing_key_header: str | None = None,
 ) -> HttpInferRequest:
     """Decode an inference request body; raises InvalidInput naming what is wrong."""
     view = memoryview(body)
@@ -83,8 +83,8 @@ def decode_request(
         version=version,
         requested_outputs=requested,
         parameters=parameters,
-        routing_key=_routing_key(parameters),
-        deadline=_deadline(parameters),
+        routing_key=routing_key(parameters, routing_key_header),
+        deadline=request_deadline(parameters, None),
     )
     return HttpInferRequest(request, binary_choices, binary_by_default)
 
@@ -122,7 +122,7 @@ def _inputs(items: Any, binary: memoryview) -> dict[str, np.ndarray]:
             inputs[name] = decode_raw(binary[offset : offset + size], datatype, shape, where)
             offset += size
         elif has_data:
-            inputs[name] = _json_tensor(item["data"], datatype, shape, where)
+            inputs[name] = decode_json_data(item["data"], datatype, shape, where)
         else:
             raise InvalidInput(f"{where} has no data")
     if offset != len(binary):
@@ -130,71 +130,6 @@ def _inputs(items: Any, binary: memoryview) -> dict[str, np.ndarray]:
             f"the binary inputs declare {offset} bytes but {len(binary)} follow the JSON header"
         )
     return inputs
-
-
-def _json_tensor(data: Any, datatype: Datatype, shape: tuple[int, ...], where: str) -> np.ndarray:
-    count = element_count(shape)
-    if not isinstance(data, list):
-        data = [data]
-    if datatype.is_bytes:
-        flat = _flatten(data, where)
-        _check_count(len(flat), count, shape, where)
-        elements = np.empty(count, dtype=object)
-        for i, element in enumerate(flat):
-            if not isinstance(element, str):
-                raise InvalidInput(f"{where}: BYTES data must be strings")
-            elements[i] = element.encode()
-        return elements.reshape(shape)
-    try:
-        parsed = np.asarray(data)
-    except ValueError:
-        raise InvalidInput(f"{where}: data is ragged; nested lists must be rectangular") from None
-    _check_count(parsed.size, count, shape, where)
-    return _cast(parsed, datatype, where).reshape(shape)
-
-
-def _cast(parsed: np.ndarray, datatype: Datatype, where: str) -> np.ndarray:
-    """Convert JSON values to ``datatype``, refusing values of the wrong kind or range."""
-    target = datatype.dtype
-    kind = parsed.dtype.kind
-    if parsed.size == 0:
-        return parsed.astype(target)
-    fits = {
-        "b": kind == "b",
-        "i": kind in "iu",
-        "u": kind in "iu",
-        "f": kind in "iuf",
-    }[target.kind]
-    if not fits:
-        raise InvalidInput(f"{where}: {datatype.name} data must be {_NUMERIC_KINDS[target.kind]}s")
-    if target.kind in "iu":
-        return narrow_integers(parsed, datatype, where)
-    return parsed.astype(target)
-
-
-def _flatten(data: list[Any], where: str) -> list[Any]:
-    if not any(isinstance(element, list) for element in data):
-        return data
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for element in stack[-1]:
-            if isinstance(element, list):
-                if len(stack) > 32:
-                    raise InvalidInput(f"{where}: data is nested too deeply")
-                stack.append(iter(element))
-                break
-            flat.append(element)
-        else:
-            stack.pop()
-    return flat
-
-
-def _check_count(got: int, expected: int, shape: tuple[int, ...], where: str) -> None:
-    if got != expected:
-        raise InvalidInput(
-            f"{where}: shape {list(shape)} needs {expected} elements, data has {got}"
-        )
 
 
 def _requested_outputs(items: Any) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
@@ -233,25 +168,6 @@ def _parameters(value: Any, where: str) -> dict[str, ParameterValue]:
     return value
 
 
-def _routing_key(parameters: dict[str, ParameterValue]) -> str | None:
-    key = parameters.get("routing_key")
-    if key is None:
-        return None
-    if not isinstance(key, str):
-        raise InvalidInput("parameters: 'routing_key' must be a string")
-    return key
-
-
-def _deadline(parameters: dict[str, ParameterValue]) -> float | None:
-    """The ``timeout`` parameter (microseconds, as Triton's clients send it) as a deadline."""
-    timeout = parameters.get("timeout")
-    if timeout is None:
-        return None
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-        raise InvalidInput("parameters: 'timeout' must be a non-negative integer (microseconds)")
-    return time.monotonic() + timeout / 1e6 if timeout else None
-
-
 def encode_response(
     response: InferenceResponse, request_id: str, decoded: HttpInferRequest
 ) -> EncodedResponse:
@@ -266,7 +182,7 @@ def encode_response(
             output["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            output["data"] = _json_data(array, datatype)
+            output["data"] = encode_json_data(array, datatype)
         outputs.append(output)
     header = orjson.dumps(
         {
@@ -280,9 +196,3 @@ def encode_response(
     if not blobs:
         return EncodedResponse(header, None)
     return EncodedResponse(b"".join((header, *blobs)), len(header))
-
-
-def _json_data(array: np.ndarray, datatype: Datatype) -> Any:
-    if datatype.is_bytes:
-        return [as_bytes(element).decode(errors="replace") for element in array.reshape(-1)]
-    return np.ascontiguousarray(array).reshape(-1)

@@ -29,21 +29,28 @@ def status_for(error: errors.TurnoutError) -> int:
     return 500
 
 
-def error_response(error: errors.TurnoutError) -> Response:
-    """``{"error": message}`` with the error's status (and ``Retry-After`` when overloaded)."""
-    headers = {}
+def error_headers(error: errors.TurnoutError) -> dict[str, str]:
+    """Headers an error response carries beside its body."""
     if isinstance(error, errors.Overloaded):
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
     if isinstance(error, errors.PayloadTooLarge):
-        headers["Connection"] = "close"
-    return json_error(status_for(error), error.message, headers)
+        # The rest of the body is never read, so the connection cannot carry another request.
+        return {"Connection": "close"}
+    return {}
+
+
+def error_body(message: str) -> bytes:
+    """The body every HTTP error has: ``{"error": message}``."""
+    return orjson.dumps({"error": message})
+
+
+def error_response(error: errors.TurnoutError) -> Response:
+    """A starlette response for ``error``."""
+    return json_error(status_for(error), error.message, error_headers(error))
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """The error body every HTTP error uses."""
+    """A starlette response with the one error body."""
     return Response(
-        orjson.dumps({"error": message}),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
+        error_body(message), status_code=status, headers=headers, media_type="application/json"
     )

@@ -1,0 +1,123 @@
+"""``POST /v2/models/{m}[/versions/{v}]/infer`` as a plain ASGI callable.
+
+This is the hot path, so it reads the ASGI scope, body and headers directly instead of going
+through starlette's request, routing and response objects; the rest of the HTTP API is starlette.
+"""
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from turnout.errors import ClientDisconnected, InvalidInput, TurnoutError, UnsupportedMediaType
+from turnout.server.dataplane import DataPlane
+from turnout.server.http.body import Receive, read_body
+from turnout.server.http.codec import decode_request, encode_response
+from turnout.server.http.errors import error_body, error_headers, status_for
+
+Scope = MutableMapping[str, Any]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+HEADER_LENGTH = "inference-header-content-length"
+ROUTING_KEY_HEADER = "x-routing-key"
+JSON = "application/json"
+BINARY = "application/octet-stream"
+_PREFIX = "/v2/models/"
+_SUFFIX = "/infer"
+_JSON_HEADERS = [(b"content-type", JSON.encode())]
+
+
+def infer_path(path: str) -> tuple[str, str | None] | None:
+    """``(model, version)`` of an infer path, or None when ``path`` is not one."""
+    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        return None
+    parts = path[len(_PREFIX) : -len(_SUFFIX)].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+class InferEndpoint:
+    """Decodes, runs through the data plane and encodes one inference request."""
+
+    def __init__(self, plane: DataPlane, max_request_bytes: int) -> None:
+        self._plane = plane
+        self._max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = infer_path(scope["path"])
+        if target is None:
+            await _respond(send, 404, error_body("not found"), _JSON_HEADERS)
+            return
+        endpoint, version = target
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                   for name, value in scope["headers"]}  # fmt: skip
+        request_id = ""
+        try:
+            with self._plane.request("http", endpoint) as tracked:
+                body = await read_body(receive, headers, self._max_request_bytes)
+                header_length = _header_length(headers)
+                _check_content_type(headers, header_length is not None)
+                decoded = decode_request(
+                    body, header_length, endpoint, version, headers.get(ROUTING_KEY_HEADER)
+                )
+                request_id = decoded.request.request_id
+                response = await self._plane.infer(decoded.request, tracked)
+                encoded = encode_response(response, request_id, decoded)
+        except TurnoutError as error:
+            await _respond_error(send, error)
+            return
+        except ClientDisconnected:
+            return
+        except Exception as error:
+            await _respond_error(send, self._plane.internal_error(error, request_id))
+            return
+        if encoded.header_length is None:
+            await _respond(send, 200, encoded.body, _JSON_HEADERS)
+        else:
+            await _respond(
+                send,
+                200,
+                encoded.body,
+                [
+                    (b"content-type", BINARY.encode()),
+                    (b"inference-header-content-length", str(encoded.header_length).encode()),
+                ],
+            )
+
+
+def _header_length(headers: dict[str, str]) -> int | None:
+    value = headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
+    return int(value)
+
+
+def _check_content_type(headers: dict[str, str], binary: bool) -> None:
+    value = headers.get("content-type")
+    if value is None:
+        return
+    media_type = value.partition(";")[0].strip().lower()
+    if media_type == JSON or (binary and media_type == BINARY):
+        return
+    raise UnsupportedMediaType(
+        "Content-Type must be application/json, or application/octet-stream with "
+        "Inference-Header-Content-Length"
+    )
+
+
+async def _respond_error(send: Send, error: TurnoutError) -> None:
+    headers = [
+        (name.lower().encode(), value.encode()) for name, value in error_headers(error).items()
+    ]
+    await _respond(send, status_for(error), error_body(error.message), [*_JSON_HEADERS, *headers])
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,102 @@
+"""Tensor data as V2 JSON: row-major ``data`` lists, flat or nested, checked strictly against the
+declared datatype and shape (a JSON true is not an integer, 1e39 is not an FP32)."""
+
+from typing import Any
+
+import numpy as np
+
+from turnout.errors import InvalidInput
+from turnout.models.datatypes import Datatype
+from turnout.server.tensors import MAX_RANK, as_bytes, element_count, narrow_integers
+
+_ALLOWED_TYPES: dict[str, set[type]] = {
+    "b": {bool},
+    "i": {int},
+    "u": {int},
+    "f": {int, float},
+    "O": {str},
+}
+_KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "O": "strings"}
+
+
+def decode_json_data(
+    data: Any, datatype: Datatype, shape: tuple[int, ...], where: str
+) -> np.ndarray:
+    """The tensor a ``data`` field holds; InvalidInput when it does not fit."""
+    flat = data if isinstance(data, list) else [data]
+    kinds = set(map(type, flat))
+    if list in kinds:
+        flat = _flatten(flat, where)
+        kinds = set(map(type, flat))
+    count = element_count(shape)
+    if len(flat) != count:
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} needs {count} elements, data has {len(flat)}"
+        )
+    kind = datatype.dtype.kind
+    if not kinds <= _ALLOWED_TYPES[kind]:
+        raise InvalidInput(f"{where}: {datatype.name} data must be {_KIND_NAMES[kind]}")
+    if datatype.is_bytes:
+        elements = np.empty(count, dtype=object)
+        elements[:] = [text.encode() for text in flat]
+        return elements.reshape(shape)
+    return _numbers(flat, datatype, where).reshape(shape)
+
+
+def _numbers(flat: list[Any], datatype: Datatype, where: str) -> np.ndarray:
+    target = datatype.dtype
+    if target.kind == "b":
+        return np.array(flat, dtype=bool)
+    try:
+        if target.kind == "f":
+            # JSON has no infinities, so an infinite result means the value did not fit.
+            with np.errstate(over="ignore"):
+                floats = np.array(flat, dtype=np.float64).astype(target)
+            if not np.isfinite(floats).all():
+                raise OverflowError
+            return floats
+        try:
+            values = np.array(flat, dtype=np.int64)
+        except OverflowError:
+            values = np.array(flat, dtype=np.uint64)
+    except OverflowError:
+        raise InvalidInput(f"{where}: a value is outside the range of {datatype.name}") from None
+    return narrow_integers(values, datatype, where)
+
+
+def _flatten(data: list[Any], where: str) -> list[Any]:
+    """The elements of rectangular nested lists, row-major; InvalidInput when ragged."""
+    dims: list[int] = []
+    probe: Any = data
+    while isinstance(probe, list):
+        dims.append(len(probe))
+        if len(dims) > MAX_RANK:
+            raise InvalidInput(f"{where}: data is nested too deeply (at most {MAX_RANK} levels)")
+        if not probe:
+            break
+        probe = probe[0]
+    flat: list[Any] = []
+
+    def walk(node: list[Any], depth: int) -> None:
+        if len(node) != dims[depth]:
+            raise InvalidInput(f"{where}: data is ragged; nested lists must be rectangular")
+        leaf = depth == len(dims) - 1
+        for child in node:
+            if isinstance(child, list) == leaf:
+                raise InvalidInput(f"{where}: data is ragged; nested lists must be rectangular")
+        if leaf:
+            flat.extend(node)
+        else:
+            for child in node:
+                walk(child, depth + 1)
+
+    walk(data, 0)
+    return flat
+
+
+def encode_json_data(array: np.ndarray, datatype: Datatype) -> Any:
+    """A tensor as a flat ``data`` list: numbers (orjson serialises the array directly), or
+    strings for BYTES (invalid UTF-8 replaced; ask for binary data to get bytes exactly)."""
+    if datatype.is_bytes:
+        return [as_bytes(element).decode(errors="replace") for element in array.reshape(-1)]
+    return np.ascontiguousarray(array, dtype=datatype.dtype).reshape(-1)
