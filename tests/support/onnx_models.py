@@ -82,9 +82,7 @@ def slow_counter() -> onnx.ModelProto:
     graph = helper.make_graph(
         [
             helper.make_node("Squeeze", ["ITERATIONS"], ["trip_count"]),
-            helper.make_node(
-                "Loop", ["trip_count", "keep_going", "start"], ["COUNT"], body=body
-            ),
+            helper.make_node("Loop", ["trip_count", "keep_going", "start"], ["COUNT"], body=body),
         ],
         "slow",
         [helper.make_tensor_value_info("ITERATIONS", TensorProto.INT64, [1])],

@@ -7,6 +7,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -14,9 +15,14 @@ START_TIMEOUT_S = 60.0
 
 
 class TurnoutProcess:
-    """Starts ``python -m turnout serve ARGS`` and waits until it has loaded its models."""
+    """Starts ``python -m turnout serve ARGS`` and waits until it has loaded its models.
 
-    def __init__(self, args: list[str], workdir: Path) -> None:
+    ``program`` replaces ``python -m turnout`` (for example with the ``turnout`` console script).
+    """
+
+    def __init__(
+        self, args: list[str], workdir: Path, program: Sequence[str] | None = None
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "turnout.log"
         ready_file = workdir / "ready.json"
@@ -24,9 +30,7 @@ class TurnoutProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-m",
-                    "turnout",
+                    *(program or (sys.executable, "-m", "turnout")),
                     "serve",
                     *args,
                     "--http-port",

@@ -1,0 +1,640 @@
+"""Loading a model version and running requests on it (models/loader.py, session.py, runner.py,
+instance.py), on real ONNX models written to a temporary folder and run on the CPU."""
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.support.onnx_models import (
+    ALL_TYPES,
+    echo_strings,
+    fixed_shape,
+    identity_all_types,
+    slow_counter,
+    write_model,
+)
+from turnout.errors import DeadlineExceeded, InvalidInput
+from turnout.models import providers
+from turnout.models.loader import VersionSpec, load_version
+from turnout.models.providers import CPU, Device
+from turnout.models.runner import ModelRunner
+from turnout.models.session import (
+    DEFAULT_MAX_BATCH_SIZE,
+    PLATFORM,
+    SessionSettings,
+    UnsupportedModel,
+    read_signature,
+)
+from turnout.models.types import ModelRequest, ModelResponse, ModelSignature
+from turnout.server.demo import build_mlp, finish_model
+
+T = TypeVar("T")
+FEATURES = 4
+CLASSES = 3
+# slow_counter loops this many times; at about 1-2 µs a step, long enough to keep the only
+# instance busy while another request arrives, short enough to keep the test fast.
+BUSY_ITERATIONS = 100_000
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def small_mlp(seed: int = 1) -> onnx.ModelProto:
+    return build_mlp(seed, features=FEATURES, hidden=8, classes=CLASSES)
+
+
+def rows(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, FEATURES)).astype(np.float32)
+
+
+def direct(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What ONNX Runtime itself gives for ``feed``, for comparison."""
+    session = ort.InferenceSession(str(path), providers=[CPU])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def thread_names() -> set[str]:
+    return {thread.name for thread in threading.enumerate() if thread.is_alive()}
+
+
+class Loader:
+    """Loads model versions on the CPU and closes them when the test ends."""
+
+    def __init__(self) -> None:
+        self.runners: list[ModelRunner] = []
+
+    def __call__(
+        self, path: Path, name: str = "model", version: str = "1", **options: Any
+    ) -> ModelRunner:
+        options.setdefault("device", Device("cpu"))
+        runner = load_version(VersionSpec(name, version, path, **options))
+        self.runners.append(runner)
+        return runner
+
+    def close(self) -> None:
+        for runner in self.runners:
+            runner.close()
+
+
+@pytest.fixture
+def load() -> Iterator[Loader]:
+    loader = Loader()
+    yield loader
+    loader.close()
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    return write_model(small_mlp(), tmp_path / "mlp" / "model.onnx")
+
+
+@pytest.fixture
+def slow_path(tmp_path: Path) -> Path:
+    return write_model(slow_counter(), tmp_path / "slow" / "model.onnx")
+
+
+def graph_model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto] | None = None,
+) -> onnx.ModelProto:
+    return finish_model(helper.make_graph(nodes, "test", inputs, outputs, initializers or []))
+
+
+def unknown_dims() -> onnx.ModelProto:
+    """``X`` [unnamed, "n", 3] FP32 echoed as ``Y``."""
+    return graph_model(
+        [helper.make_node("Identity", ["X"], ["Y"])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, "n", 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, "n", 3])],
+    )
+
+
+def batch_in_scalar_out() -> onnx.ModelProto:
+    """``X`` ["batch", 3] FP32 summed into a scalar ``TOTAL``: not every tensor is batched."""
+    return graph_model(
+        [helper.make_node("ReduceSum", ["X"], ["TOTAL"], keepdims=0)],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("TOTAL", TensorProto.FLOAT, [])],
+    )
+
+
+def bfloat16_identity() -> onnx.ModelProto:
+    return graph_model(
+        [helper.make_node("Identity", ["X"], ["Y"])],
+        [helper.make_tensor_value_info("X", TensorProto.BFLOAT16, ["batch", 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.BFLOAT16, ["batch", 3])],
+    )
+
+
+def fails_on_zeros_of_one_row() -> onnx.ModelProto:
+    """``X`` ["n"] reshaped to [2, -1]: fine for an even length, an ONNX Runtime error for the
+    single element warm-up feeds it."""
+    return graph_model(
+        [helper.make_node("Reshape", ["X", "shape"], ["Y"])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, None])],
+        [numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "shape")],
+    )
+
+
+# -- signatures ----------------------------------------------------------------------------------
+
+
+def shapes(signature: ModelSignature) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {
+        spec.name: (spec.datatype.name, spec.shape)
+        for spec in (*signature.inputs, *signature.outputs)
+    }
+
+
+SIGNATURES = [
+    pytest.param(
+        (small_mlp, None),
+        {
+            "INPUT0": ("FP32", (-1, FEATURES)),
+            "OUTPUT0": ("FP32", (-1, CLASSES)),
+            "LABEL": ("INT64", (-1,)),
+        },
+        DEFAULT_MAX_BATCH_SIZE,
+        id="mlp-default-batch",
+    ),
+    pytest.param(
+        (small_mlp, 8),
+        {
+            "INPUT0": ("FP32", (-1, FEATURES)),
+            "OUTPUT0": ("FP32", (-1, CLASSES)),
+            "LABEL": ("INT64", (-1,)),
+        },
+        8,
+        id="mlp-batch-8",
+    ),
+    pytest.param(
+        (small_mlp, 0),
+        {
+            "INPUT0": ("FP32", (-1, FEATURES)),
+            "OUTPUT0": ("FP32", (-1, CLASSES)),
+            "LABEL": ("INT64", (-1,)),
+        },
+        0,
+        id="mlp-batch-off",
+    ),
+    pytest.param(
+        (fixed_shape, None), {"X": ("FP32", (2, 3)), "Y": ("FP32", (2, 3))}, 0, id="fixed"
+    ),
+    pytest.param(
+        (slow_counter, None),
+        {"ITERATIONS": ("INT64", (1,)), "COUNT": ("INT64", (1,))},
+        0,
+        id="slow-counter",
+    ),
+    pytest.param(
+        (echo_strings, None),
+        {"TEXT": ("BYTES", (-1,)), "ECHO": ("BYTES", (-1,))},
+        DEFAULT_MAX_BATCH_SIZE,
+        id="strings",
+    ),
+    pytest.param(
+        (unknown_dims, None),
+        {"X": ("FP32", (-1, -1, 3)), "Y": ("FP32", (-1, -1, 3))},
+        DEFAULT_MAX_BATCH_SIZE,
+        id="unknown-dims",
+    ),
+    pytest.param(
+        (batch_in_scalar_out, None),
+        {"X": ("FP32", (-1, 3)), "TOTAL": ("FP32", ())},
+        0,
+        id="scalar-output-not-batched",
+    ),
+    pytest.param(
+        (identity_all_types, None),
+        {
+            f"{prefix}_{name}": (name, (-1, 3))
+            for name, _, _ in ALL_TYPES
+            for prefix in ("IN", "OUT")
+        },
+        DEFAULT_MAX_BATCH_SIZE,
+        id="all-types",
+    ),
+]
+
+
+@pytest.mark.parametrize(("given", "expected", "expected_batch"), SIGNATURES)
+def test_signature(
+    load: Loader,
+    tmp_path: Path,
+    given: tuple[Callable[[], onnx.ModelProto], int | None],
+    expected: dict[str, tuple[str, tuple[int, ...]]],
+    expected_batch: int,
+) -> None:
+    build, max_batch_size = given
+    path = write_model(build(), tmp_path / "model.onnx")
+
+    signature = load(path, "sig", "7", max_batch_size=max_batch_size).signature
+
+    assert shapes(signature) == expected
+    assert signature.max_batch_size == expected_batch
+    assert (signature.name, signature.version, signature.platform) == ("sig", "7", PLATFORM)
+
+
+def test_read_signature_of_a_session(mlp_path: Path) -> None:
+    session = ort.InferenceSession(str(mlp_path), providers=[CPU])
+
+    signature = read_signature(session, "mlp", "3", None)
+
+    assert [spec.name for spec in signature.inputs] == ["INPUT0"]
+    assert [spec.name for spec in signature.outputs] == ["OUTPUT0", "LABEL"]
+    assert signature.input("INPUT0") is signature.inputs[0]
+    assert signature.output("LABEL") is signature.outputs[1]
+    assert signature.input("OUTPUT0") is None
+    assert signature.output("INPUT0") is None
+    assert signature.max_batch_size == DEFAULT_MAX_BATCH_SIZE
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(fixed_shape, id="fixed"),
+        pytest.param(batch_in_scalar_out, id="scalar-output"),
+    ],
+)
+def test_max_batch_size_is_refused_for_a_model_without_batch_dimension(
+    load: Loader, tmp_path: Path, build: Callable[[], onnx.ModelProto]
+) -> None:
+    path = write_model(build(), tmp_path / "model.onnx")
+
+    with pytest.raises(UnsupportedModel) as caught:
+        load(path, "nobatch", max_batch_size=4)
+
+    assert str(caught.value) == (
+        "max_batch_size > 0 needs a variable first dimension on every input and output"
+    )
+    assert not any(name.startswith("ort-nobatch-") for name in thread_names())
+
+
+def test_unserved_tensor_type_is_refused(load: Loader, tmp_path: Path) -> None:
+    path = write_model(bfloat16_identity(), tmp_path / "model.onnx")
+
+    with pytest.raises(UnsupportedModel) as caught:
+        load(path)
+
+    assert str(caught.value) == "tensor 'X' has type tensor(bfloat16), which is not served"
+
+
+# -- placement -----------------------------------------------------------------------------------
+
+
+def test_cpu_placement(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, instance_count=2)
+
+    assert runner.placement.kind == "cpu"
+    assert runner.placement.device_id == 0
+    assert runner.placement.providers == (CPU,)
+    assert runner.placement.instance_count == 2
+
+
+def test_auto_without_gpu_runs_on_the_cpu_and_says_so(
+    load: Loader, mlp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(providers, "cuda_device_count", lambda: 0)
+
+    with caplog.at_level(logging.INFO, logger="turnout.models"):
+        runner = load(mlp_path, "auto-model", device=Device("auto"))
+
+    assert runner.placement.kind == "cpu"
+    assert runner.placement.providers == (CPU,)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert messages[-1] == (
+        logging.INFO,
+        "model 'auto-model' version 1 loaded from model.onnx on CPUExecutionProvider (1 instance)",
+    )
+    assert any(level == logging.INFO and "running on the CPU" in m for level, m in messages)
+    assert not any(level >= logging.WARNING for level, _ in messages)
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 5, DEFAULT_MAX_BATCH_SIZE])
+def test_infer_matches_onnx_runtime(load: Loader, mlp_path: Path, batch: int) -> None:
+    runner = load(mlp_path)
+    feed = {"INPUT0": rows(batch, seed=batch)}
+
+    response = run(runner.infer(ModelRequest(feed)))
+
+    expected = direct(mlp_path, feed)
+    assert list(response.outputs) == ["OUTPUT0", "LABEL"]
+    np.testing.assert_allclose(response.outputs["OUTPUT0"], expected["OUTPUT0"], rtol=1e-5)
+    np.testing.assert_array_equal(response.outputs["LABEL"], expected["LABEL"])
+    assert response.outputs["OUTPUT0"].dtype == np.float32
+    assert response.outputs["LABEL"].dtype == np.int64
+
+
+def test_infer_every_datatype(load: Loader, tmp_path: Path) -> None:
+    runner = load(write_model(identity_all_types(), tmp_path / "model.onnx"))
+    rng = np.random.default_rng(0)
+    feed = {
+        f"IN_{name}": (rng.integers(0, 100, (2, 3)) % (2 if name == "BOOL" else 100)).astype(dtype)
+        for name, _, dtype in ALL_TYPES
+    }
+
+    response = run(runner.infer(ModelRequest(feed)))
+
+    assert set(response.outputs) == {f"OUT_{name}" for name, _, _ in ALL_TYPES}
+    for name, _, dtype in ALL_TYPES:
+        output = response.outputs[f"OUT_{name}"]
+        assert output.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(output, feed[f"IN_{name}"])
+
+
+def test_infer_fixed_shape(load: Loader, tmp_path: Path) -> None:
+    runner = load(write_model(fixed_shape(), tmp_path / "model.onnx"))
+    x = np.full((2, 3), 0.5, dtype=np.float32)
+
+    response = run(runner.infer(ModelRequest({"X": x})))
+
+    np.testing.assert_array_equal(response.outputs["Y"], x + np.arange(6).reshape(2, 3))
+    assert response.stats.rows == 1
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        pytest.param(("LABEL",), id="label"),
+        pytest.param(("OUTPUT0",), id="probabilities"),
+        pytest.param(("LABEL", "OUTPUT0"), id="both-reordered"),
+    ],
+)
+def test_requested_outputs(load: Loader, mlp_path: Path, requested: tuple[str, ...]) -> None:
+    runner = load(mlp_path)
+    feed = {"INPUT0": rows(3, seed=7)}
+
+    response = run(runner.infer(ModelRequest(feed, requested)))
+
+    expected = direct(mlp_path, feed)
+    assert tuple(response.outputs) == requested
+    for name in requested:
+        np.testing.assert_allclose(response.outputs[name], expected[name], rtol=1e-5)
+
+
+def test_invalid_request_is_refused_before_running(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, "checked")
+
+    with pytest.raises(InvalidInput) as caught:
+        run(runner.infer(ModelRequest({"INPUT0": np.zeros((2, FEATURES + 1), np.float32)})))
+
+    assert caught.value.message == (
+        f"input 'INPUT0': expected shape [-1, {FEATURES}], got [2, {FEATURES + 1}]"
+    )
+
+
+def test_big_endian_input_gives_the_same_outputs(load: Loader, mlp_path: Path) -> None:
+    """Validation takes a big-endian FP32 array as FP32, so it must reach ONNX Runtime as the
+    same numbers."""
+    runner = load(mlp_path)
+    native = rows(2, seed=3)
+
+    response = run(runner.infer(ModelRequest({"INPUT0": native.astype(">f4")})))
+
+    expected = direct(mlp_path, {"INPUT0": native})
+    np.testing.assert_allclose(response.outputs["OUTPUT0"], expected["OUTPUT0"], rtol=1e-5)
+
+
+# -- BYTES ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def strings(load: Loader, tmp_path: Path) -> ModelRunner:
+    return load(write_model(echo_strings(), tmp_path / "strings.onnx"), "strings")
+
+
+def test_bytes_round_trip(strings: ModelRunner) -> None:
+    elements = [b"hello", "héllo wörld ✓".encode(), b"", b"tab\there"]
+    text = np.array(elements, dtype=object)
+
+    response = run(strings.infer(ModelRequest({"TEXT": text})))
+
+    echo = response.outputs["ECHO"]
+    assert echo.shape == (4,)
+    assert [str(element).encode() for element in echo] == elements
+    assert response.stats.rows == 4
+
+
+def test_text_elements_are_accepted_too(strings: ModelRunner) -> None:
+    text = np.array(["plain", "ünïcode"], dtype=object)
+
+    response = run(strings.infer(ModelRequest({"TEXT": text})))
+
+    assert response.outputs["ECHO"].tolist() == ["plain", "ünïcode"]
+
+
+@pytest.mark.parametrize(
+    ("elements", "bad_index"),
+    [
+        pytest.param([b"\xff"], 0, id="first"),
+        pytest.param([b"ok", b"ok", b"\xc3\x28"], 2, id="third"),
+        pytest.param([b"ok", b"caf\xe9"], 1, id="latin-1"),
+    ],
+)
+def test_invalid_utf8_is_refused(
+    strings: ModelRunner, elements: list[bytes], bad_index: int
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        run(strings.infer(ModelRequest({"TEXT": np.array(elements, dtype=object)})))
+
+    assert caught.value.message == (
+        f"input 'TEXT': element {bad_index} is not valid UTF-8, which ONNX string tensors need"
+    )
+    # The refusal took no instance: the next request still runs.
+    response = run(strings.infer(ModelRequest({"TEXT": np.array([b"after"], dtype=object)})))
+    assert response.outputs["ECHO"].tolist() == ["after"]
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("instances", [1, 3])
+def test_concurrent_requests_each_get_their_own_rows(
+    load: Loader, mlp_path: Path, instances: int
+) -> None:
+    runner = load(mlp_path, f"concurrent{instances}", instance_count=instances)
+    feeds = [{"INPUT0": rows(1 + index % 4, seed=100 + index)} for index in range(12)]
+
+    async def all_at_once() -> list[ModelResponse]:
+        return await asyncio.gather(*(runner.infer(ModelRequest(feed)) for feed in feeds))
+
+    responses = run(all_at_once())
+
+    for feed, response in zip(feeds, responses, strict=True):
+        expected = direct(mlp_path, feed)
+        np.testing.assert_allclose(response.outputs["OUTPUT0"], expected["OUTPUT0"], rtol=1e-5)
+        np.testing.assert_array_equal(response.outputs["LABEL"], expected["LABEL"])
+        assert response.stats.rows == feed["INPUT0"].shape[0]
+
+
+@pytest.mark.parametrize("instances", [1, 3])
+def test_concurrent_slow_requests_each_get_their_own_count(
+    load: Loader, slow_path: Path, instances: int
+) -> None:
+    runner = load(slow_path, f"slowcount{instances}", instance_count=instances)
+    iterations = [5_000, 1, 20_000, 300, 10_000, 7]
+
+    async def all_at_once() -> list[ModelResponse]:
+        return await asyncio.gather(
+            *(
+                runner.infer(ModelRequest({"ITERATIONS": np.array([n], dtype=np.int64)}))
+                for n in iterations
+            )
+        )
+
+    responses = run(all_at_once())
+
+    assert [int(r.outputs["COUNT"][0]) for r in responses] == iterations
+    if instances == 1:
+        # Every request after the first waited for the only instance.
+        assert all(r.stats.queue_seconds > 0 for r in responses[1:])
+
+
+def test_instances_each_have_a_thread_until_closed(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, "threads", "4", instance_count=3)
+    names = {f"ort-threads-4-{index}" for index in range(3)}
+
+    assert names <= thread_names()
+    runner.close()
+    assert not names & thread_names()
+
+
+# -- deadlines -----------------------------------------------------------------------------------
+
+
+def busy_request() -> ModelRequest:
+    return ModelRequest({"ITERATIONS": np.array([BUSY_ITERATIONS], dtype=np.int64)})
+
+
+def late_request(deadline: float | None) -> ModelRequest:
+    return ModelRequest({"ITERATIONS": np.array([3], dtype=np.int64)}, deadline=deadline)
+
+
+def test_past_deadline_while_the_only_instance_is_busy(load: Loader, slow_path: Path) -> None:
+    runner = load(slow_path, "slow")
+
+    async def scenario() -> tuple[tuple[ModelResponse | BaseException, ...], ModelResponse]:
+        first = await asyncio.gather(
+            runner.infer(busy_request()),
+            runner.infer(late_request(time.monotonic() - 1.0)),
+            return_exceptions=True,
+        )
+        after = await runner.infer(late_request(None))
+        return first, after
+
+    (busy, late), after = run(scenario())
+
+    assert isinstance(busy, ModelResponse)
+    assert int(busy.outputs["COUNT"][0]) == BUSY_ITERATIONS
+    assert isinstance(late, DeadlineExceeded)
+    assert late.message == (
+        "model 'slow' version 1: the request's deadline passed before it could run"
+    )
+    # The instance went back to the pool: a later request runs.
+    assert int(after.outputs["COUNT"][0]) == 3
+
+
+def test_distant_deadline_waits_for_the_busy_instance(load: Loader, slow_path: Path) -> None:
+    runner = load(slow_path, "patient")
+
+    async def scenario() -> tuple[ModelResponse, ModelResponse]:
+        return await asyncio.gather(
+            runner.infer(busy_request()),
+            runner.infer(late_request(time.monotonic() + 600.0)),
+        )
+
+    busy, waited = run(scenario())
+
+    assert int(busy.outputs["COUNT"][0]) == BUSY_ITERATIONS
+    assert int(waited.outputs["COUNT"][0]) == 3
+    assert waited.stats.queue_seconds > 0
+
+
+def test_past_deadline_is_not_run_on_an_idle_instance(load: Loader, slow_path: Path) -> None:
+    """A request whose deadline passed before it ran is answered DeadlineExceeded (README: "request
+    deadline passed before it ran"), even when an instance is free."""
+    runner = load(slow_path, "idle")
+
+    with pytest.raises(DeadlineExceeded):
+        run(runner.infer(late_request(time.monotonic() - 1.0)))
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def test_run_stats(load: Loader, mlp_path: Path, slow_path: Path) -> None:
+    mlp = load(mlp_path, "stats-mlp")
+    slow = load(slow_path, "stats-slow")
+
+    batched = run(mlp.infer(ModelRequest({"INPUT0": rows(3, seed=1)}))).stats
+    unbatched = run(slow.infer(late_request(None))).stats
+
+    assert batched.rows == 3
+    assert unbatched.rows == 1
+    for stats in (batched, unbatched):
+        assert stats.queue_seconds >= 0
+        assert stats.run_seconds > 0
+        assert stats.queue_seconds < 60
+        assert stats.run_seconds < 60
+
+
+# -- loading options -----------------------------------------------------------------------------
+
+
+def test_warm_up_failure_fails_the_load_and_stops_the_instances(
+    load: Loader, tmp_path: Path
+) -> None:
+    path = write_model(fails_on_zeros_of_one_row(), tmp_path / "model.onnx")
+
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail):
+        load(path, "warm", instance_count=2)
+
+    assert not any(name.startswith("ort-warm-") for name in thread_names())
+
+
+def test_without_warm_up_the_same_model_loads_and_runs(load: Loader, tmp_path: Path) -> None:
+    path = write_model(fails_on_zeros_of_one_row(), tmp_path / "model.onnx")
+    runner = load(path, "cold", warmup=False)
+
+    response = run(runner.infer(ModelRequest({"X": np.arange(4, dtype=np.float32)})))
+
+    np.testing.assert_array_equal(response.outputs["Y"], [[0, 1], [2, 3]])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param(SessionSettings(), id="defaults"),
+        pytest.param(SessionSettings(1, 1, "disabled", False), id="disabled"),
+        pytest.param(SessionSettings(2, 2, "basic", True), id="basic-spinning"),
+        pytest.param(SessionSettings(1, 1, "extended", False), id="extended"),
+    ],
+)
+def test_session_settings_give_the_same_answers(
+    load: Loader, mlp_path: Path, settings: SessionSettings
+) -> None:
+    runner = load(mlp_path, session=settings)
+    feed = {"INPUT0": rows(4, seed=11)}
+
+    response = run(runner.infer(ModelRequest(feed)))
+
+    expected = direct(mlp_path, feed)
+    np.testing.assert_allclose(response.outputs["OUTPUT0"], expected["OUTPUT0"], rtol=1e-5)
