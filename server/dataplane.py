@@ -12,13 +12,12 @@ from types import TracebackType
 from typing import Any
 
 from turnout import __version__
-from turnout.errors import ClientDisconnected, InternalError, Unavailable
+from turnout.errors import InternalError, Unavailable
 from turnout.models.repository import ModelRepository, VersionEntry
 from turnout.models.types import RunStats, VersionState
 from turnout.router.router import Router
 from turnout.router.types import InferenceRequest, InferenceResponse
 from turnout.server.metrics import UNKNOWN, Metrics, status_of
-from turnout.server.statistics import RequestTiming, Statistics
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ class DataPlane:
         self.router = router
         self.metrics = metrics
         self.info = ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
-        self._statistics = Statistics()
         self.draining = False
         self._inflight = 0
         self._inflight_by_protocol = dict.fromkeys(PROTOCOLS, 0)
@@ -94,7 +92,7 @@ class DataPlane:
             keys = [(endpoint, v) for v in self.repository.versions(endpoint)]
         else:
             keys = [(endpoint, self.repository.entry(endpoint, version).spec.version)]
-        return [self._statistics.view(name, v) for name, v in keys]
+        return [self.metrics.statistics.version(name, v).view(name, v) for name, v in keys]
 
     def internal_error(self, error: BaseException, request_id: str) -> InternalError:
         """Log an unexpected fault with a request id and return the error the client sees."""
@@ -134,29 +132,17 @@ class DataPlane:
         finished = time.perf_counter()
         total = finished - scope.started
         endpoint = scope.endpoint if scope.endpoint in self._endpoints else UNKNOWN
-        version = scope.version or ""
-        series = self.metrics.series(endpoint, version, scope.protocol)
-        series.outcomes[_status(error)].inc()
-        series.duration.observe(total)
+        series = self.metrics.series(endpoint, scope.version or "", scope.protocol)
         run = scope.run
-        if run is not None:
-            series.run_duration.observe(run.run_seconds)
-        if not version:
-            return
         if error is None and run is not None:
-            timing = RequestTiming(
-                total=total,
-                compute_input=scope.dispatched - scope.started,
-                compute_output=finished - scope.returned,
-                run=run,
-            )
-            self._statistics.record_success(endpoint, version, timing)
+            compute_input = scope.dispatched - scope.started
+            series.succeeded(total, compute_input, finished - scope.returned, run)
         else:
-            self._statistics.record_failure(endpoint, version, total)
+            series.failed(_status(error), total, run)
 
 
 def _status(error: BaseException | None) -> str:
-    if isinstance(error, asyncio.CancelledError | ClientDisconnected):
+    if isinstance(error, asyncio.CancelledError):
         return "cancelled"
     return status_of(error)
 

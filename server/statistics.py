@@ -38,7 +38,7 @@ class BatchStatistics:
 
 @dataclass(slots=True)
 class VersionStatistics:
-    """Everything counted for one model version."""
+    """Everything counted for one model version, whichever protocol its requests came by."""
 
     last_inference_ms: int = 0
     inference_count: int = 0
@@ -51,62 +51,40 @@ class VersionStatistics:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
 
-
-@dataclass(frozen=True, slots=True)
-class RequestTiming:
-    """Where a successful request's time went, in seconds."""
-
-    total: float
-    compute_input: float
-    compute_output: float
-    run: RunStats
-
-
-class Statistics:
-    """Counters of every model version that has served a request."""
-
-    def __init__(self) -> None:
-        self._versions: dict[tuple[str, str], VersionStatistics] = {}
-
-    def record_success(self, endpoint: str, version: str, timing: RequestTiming) -> None:
-        """Count a request answered successfully."""
-        stats = self._get(endpoint, version)
-        run = timing.run
-        stats.last_inference_ms = int(time.time() * 1000)
-        stats.inference_count += run.rows
-        stats.execution_count += 1
-        stats.success.add(timing.total)
-        stats.queue.add(run.queue_seconds)
-        stats.compute_input.add(timing.compute_input)
-        stats.compute_infer.add(run.run_seconds)
-        stats.compute_output.add(timing.compute_output)
-        batch = stats.batches.get(run.rows)
+    def succeeded(
+        self, total: float, compute_input: float, compute_output: float, run: RunStats
+    ) -> None:
+        """Count a request answered successfully, with where its time went (seconds)."""
+        self.last_inference_ms = int(time.time() * 1000)
+        self.inference_count += run.rows
+        self.execution_count += 1
+        self.success.add(total)
+        self.queue.add(run.queue_seconds)
+        self.compute_input.add(compute_input)
+        self.compute_infer.add(run.run_seconds)
+        self.compute_output.add(compute_output)
+        batch = self.batches.get(run.rows)
         if batch is None:
-            batch = stats.batches[run.rows] = BatchStatistics()
-        batch.compute_input.add(timing.compute_input)
+            batch = self.batches[run.rows] = BatchStatistics()
+        batch.compute_input.add(compute_input)
         batch.compute_infer.add(run.run_seconds)
-        batch.compute_output.add(timing.compute_output)
-
-    def record_failure(self, endpoint: str, version: str, seconds: float) -> None:
-        """Count a request that failed after its version was chosen."""
-        self._get(endpoint, version).fail.add(seconds)
+        batch.compute_output.add(compute_output)
 
     def view(self, endpoint: str, version: str) -> dict[str, Any]:
-        """Triton's ModelStatistics for one version, zeros if it has served nothing."""
-        stats = self._versions.get((endpoint, version)) or VersionStatistics()
+        """As Triton's ModelStatistics."""
         return {
             "name": endpoint,
             "version": version,
-            "last_inference": stats.last_inference_ms,
-            "inference_count": stats.inference_count,
-            "execution_count": stats.execution_count,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
             "inference_stats": {
-                "success": stats.success.view(),
-                "fail": stats.fail.view(),
-                "queue": stats.queue.view(),
-                "compute_input": stats.compute_input.view(),
-                "compute_infer": stats.compute_infer.view(),
-                "compute_output": stats.compute_output.view(),
+                "success": self.success.view(),
+                "fail": self.fail.view(),
+                "queue": self.queue.view(),
+                "compute_input": self.compute_input.view(),
+                "compute_infer": self.compute_infer.view(),
+                "compute_output": self.compute_output.view(),
                 "cache_hit": Duration().view(),
                 "cache_miss": Duration().view(),
             },
@@ -117,11 +95,19 @@ class Statistics:
                     "compute_infer": batch.compute_infer.view(),
                     "compute_output": batch.compute_output.view(),
                 }
-                for size, batch in sorted(stats.batches.items())
+                for size, batch in sorted(self.batches.items())
             ],
         }
 
-    def _get(self, endpoint: str, version: str) -> VersionStatistics:
+
+class Statistics:
+    """The statistics of every model version, created on first use."""
+
+    def __init__(self) -> None:
+        self._versions: dict[tuple[str, str], VersionStatistics] = {}
+
+    def version(self, endpoint: str, version: str) -> VersionStatistics:
+        """The statistics of one version."""
         stats = self._versions.get((endpoint, version))
         if stats is None:
             stats = self._versions[(endpoint, version)] = VersionStatistics()

@@ -16,6 +16,12 @@ _ALLOWED_TYPES: dict[str, set[type]] = {
     "f": {int, float},
     "O": {str},
 }
+# The magnitude from which a value rounds to infinity: halfway between the largest finite value
+# and the next power of two.
+_ROUNDS_TO_INFINITY = {
+    name: float(info.max) + 2.0 ** (info.maxexp - info.nmant - 2)
+    for name, info in (("FP16", np.finfo(np.float16)), ("FP32", np.finfo(np.float32)))
+}
 _KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "O": "strings"}
 
 
@@ -49,12 +55,10 @@ def _numbers(flat: list[Any], datatype: Datatype, where: str) -> np.ndarray:
         return np.array(flat, dtype=bool)
     try:
         if target.kind == "f":
-            # JSON has no infinities, so an infinite result means the value did not fit.
-            with np.errstate(over="ignore"):
-                floats = np.array(flat, dtype=np.float64).astype(target)
-            if not np.isfinite(floats).all():
+            limit = _ROUNDS_TO_INFINITY.get(datatype.name)
+            if limit is not None and flat and max(map(abs, flat)) >= limit:
                 raise OverflowError
-            return floats
+            return np.array(flat, dtype=target)
         try:
             values = np.array(flat, dtype=np.int64)
         except OverflowError:

@@ -31,7 +31,7 @@ from turnout.server.grpc.codec import (
     statistics_message,
 )
 from turnout.server.model_views import config_view, metadata_view
-from turnout.server.statistics import RequestTiming, Statistics
+from turnout.server.statistics import Statistics
 from turnout.server.tensors import decode_raw
 
 ALL_NAMES = ", ".join(DATATYPES)
@@ -688,13 +688,14 @@ def test_config_message_of_an_unbatched_cpu_version() -> None:
 
 def test_statistics_message_from_the_statistics_views() -> None:
     statistics = Statistics()
+    served_version = statistics.version("mlp", "2")
     for rows in (4, 4, 1):
-        statistics.record_success(
-            "mlp", "2", RequestTiming(0.5, 0.125, 0.25, RunStats(rows, 0.0625, 0.03125))
-        )
-    statistics.record_failure("mlp", "2", 1.0)
+        served_version.succeeded(0.5, 0.125, 0.25, RunStats(rows, 0.0625, 0.03125))
+    served_version.fail.add(1.0)
 
-    message = statistics_message([statistics.view("mlp", "2"), statistics.view("mlp", "1")])
+    message = statistics_message(
+        [served_version.view("mlp", "2"), statistics.version("mlp", "1").view("mlp", "1")]
+    )
 
     served, idle = message.model_stats
     assert (served.name, served.version) == ("mlp", "2")
