@@ -3,16 +3,34 @@
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import onnxruntime as ort
 
-from turnout.models.instance import OrtInstance
+from turnout.models.cache import CacheSettings
+from turnout.models.instance import Binding, OrtInstance
 from turnout.models.providers import CPU, Device, provider_chain, report_fallback
 from turnout.models.runner import ModelRunner
-from turnout.models.session import SessionSettings, create_session, read_signature
-from turnout.models.types import Placement
+from turnout.models.scheduler import BatchPolicy
+from turnout.models.session import (
+    SessionSettings,
+    UnsupportedModel,
+    create_session,
+    read_signature,
+)
+from turnout.models.types import PlacedGroup, Placement
 
 log = logging.getLogger(__name__)
+
+IoBinding = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    """``count`` instances on ``device`` (``auto``: CUDA device 0 when usable, else the CPU)."""
+
+    device: Device
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +40,17 @@ class VersionSpec:
     name: str
     version: str
     path: Path
-    device: Device = field(default_factory=lambda: Device("auto"))
+    instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(Device("auto"), 1),)
     tensorrt: bool = False
-    instance_count: int = 1
     session: SessionSettings = field(default_factory=SessionSettings)
     max_batch_size: int | None = None
+    dynamic_batching: bool = True
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 512
+    timeout_s: float | None = None
+    cache: CacheSettings | None = None
+    io_binding: IoBinding = "auto"
     warmup: bool = True
 
     @property
@@ -34,44 +58,79 @@ class VersionSpec:
         """How logs name this version."""
         return f"model {self.name!r} version {self.version}"
 
+    @property
+    def cpu_instances(self) -> int:
+        """Instances that will (or may, for ``auto``) run on the CPU."""
+        return sum(group.count for group in self.instance_groups if group.device.kind != "cuda")
 
-def load_version(spec: VersionSpec) -> ModelRunner:
+
+def load_version(spec: VersionSpec, cpu_instances_sharing: int = 1) -> ModelRunner:
     """Create, inspect and warm up the version's instances. Blocks; call it off the event loop.
 
+    ``cpu_instances_sharing`` is how many CPU instances the whole process runs, so that the
+    default thread count of each leaves the cores shared out rather than oversubscribed.
     Raises whatever ONNX Runtime raises for a model it cannot load, or UnsupportedModel.
     """
-    requested = provider_chain(spec.device, spec.tensorrt, ort.get_available_providers())
-    sessions = [
-        create_session(spec.path, spec.session, requested, spec.instance_count)
-        for _ in range(spec.instance_count)
-    ]
-    granted = tuple(sessions[0].get_providers())
-    report_fallback(spec.label, requested, granted)
-    signature = read_signature(sessions[0], spec.name, spec.version, spec.max_batch_size)
-    on_gpu = granted[0] != CPU
-    placement = Placement(
-        kind="gpu" if on_gpu else "cpu",
-        device_id=spec.device.index if on_gpu else 0,
-        providers=granted,
-        instance_count=spec.instance_count,
-    )
-    instances = [
-        OrtInstance(session, f"ort-{spec.name}-{spec.version}-{index}")
-        for index, session in enumerate(sessions)
-    ]
-    runner = ModelRunner(signature, placement, instances)
-    if spec.warmup:
-        try:
+    available = ort.get_available_providers()
+    placed: list[tuple[PlacedGroup, list[ort.InferenceSession]]] = []
+    for group in spec.instance_groups:
+        requested = provider_chain(group.device, spec.tensorrt, available, spec.label)
+        sessions = [
+            create_session(spec.path, spec.session, requested, cpu_instances_sharing)
+            for _ in range(group.count)
+        ]
+        granted = tuple(sessions[0].get_providers())
+        report_fallback(spec.label, requested, granted)
+        on_gpu = granted[0] != CPU
+        kind: Literal["cpu", "gpu"] = "gpu" if on_gpu else "cpu"
+        placed.append(
+            (PlacedGroup(kind, group.device.index if on_gpu else 0, group.count, granted), sessions)
+        )
+    signature = read_signature(placed[0][1][0], spec.name, spec.version, spec.max_batch_size)
+    # ONNX Runtime binds only numeric tensors.
+    bindable = not any(t.datatype.is_bytes for t in (*signature.inputs, *signature.outputs))
+    instances: list[OrtInstance] = []
+    for placed_group, sessions in placed:
+        binding = _binding(spec.io_binding, placed_group) if bindable else None
+        for session in sessions:
+            thread_name = f"ort-{spec.name}-{spec.version}-{len(instances)}"
+            instances.append(OrtInstance(session, thread_name, binding))
+    groups = [placed_group for placed_group, _ in placed]
+    try:
+        too_big = [size for size in spec.preferred_batch_sizes if size > signature.max_batch_size]
+        if too_big:
+            raise UnsupportedModel(
+                f"preferred_batch_sizes {too_big} exceed max_batch_size {signature.max_batch_size}"
+            )
+        policy = BatchPolicy(
+            max_batch_size=signature.max_batch_size if spec.dynamic_batching else 0,
+            max_queue_delay_s=spec.max_queue_delay_s,
+            preferred_batch_sizes=spec.preferred_batch_sizes,
+            max_queue_size=spec.max_queue_size,
+        )
+        runner = ModelRunner(
+            signature, Placement(tuple(groups)), instances, policy, spec.cache, spec.timeout_s
+        )
+        if spec.warmup:
             runner.warm_up()
-        except BaseException:
-            runner.close()
-            raise
+    except BaseException:
+        for instance in instances:
+            instance.close()
+        raise
     log.info(
-        "%s loaded from %s on %s (%d instance%s)",
+        "%s loaded from %s: %s; batching %s",
         spec.label,
         spec.path.name,
-        ", ".join(granted),
-        spec.instance_count,
-        "" if spec.instance_count == 1 else "s",
+        ", ".join(
+            f"{g.count} on {g.kind}:{g.device_id} ({', '.join(g.providers)})" for g in groups
+        ),
+        f"up to {policy.max_batch_size} rows" if policy.max_batch_size else "off",
     )
     return runner
+
+
+def _binding(mode: IoBinding, group: PlacedGroup) -> Binding | None:
+    on_gpu = group.kind == "gpu"
+    if mode == "off" or (mode == "auto" and not on_gpu):
+        return None
+    return Binding("cuda", group.device_id) if on_gpu else Binding("cpu")

@@ -58,22 +58,30 @@ def cuda_device_count() -> int:
     return count.value
 
 
-def provider_chain(device: Device, tensorrt: bool, available: Sequence[str]) -> list[ProviderSpec]:
-    """The providers to ask ONNX Runtime for, best first; always ends with the CPU."""
+def provider_chain(
+    device: Device, tensorrt: bool, available: Sequence[str], label: str = ""
+) -> list[ProviderSpec]:
+    """The providers to ask ONNX Runtime for, best first; always ends with the CPU. ``label``
+    names what is being loaded, for the log."""
+    prefix = f"{label}: " if label else ""
     cpu: ProviderSpec = (CPU, {})
     if device.kind == "cpu":
         return [cpu]
     reason = _cuda_unusable_reason(device, available)
     if reason is not None:
         level = logging.INFO if device.kind == "auto" else logging.WARNING
-        log.log(level, "device %s: %s; running on the CPU", device, reason)
+        log.log(level, "%sdevice %s: %s; running on the CPU", prefix, device, reason)
         return [cpu]
     chain: list[ProviderSpec] = []
     if tensorrt:
         if TENSORRT in available:
             chain.append((TENSORRT, {"device_id": device.index}))
         else:
-            log.warning("device %s: TensorRT is not in this ONNX Runtime build; using CUDA", device)
+            log.warning(
+                "%sdevice %s: TensorRT is not in this ONNX Runtime build; using CUDA",
+                prefix,
+                device,
+            )
     chain.append((CUDA, {"device_id": device.index}))
     chain.append(cpu)
     return chain

@@ -37,6 +37,7 @@ class ModelRepository:
             self._models.setdefault(spec.name, {})[spec.version] = VersionEntry(spec)
         for name, versions in self._models.items():
             self._models[name] = dict(sorted(versions.items(), key=lambda kv: version_order(kv[0])))
+        self._cpu_instances = max(1, sum(entry.spec.cpu_instances for entry in self.entries()))
 
     async def load_all(self) -> None:
         """Load every version in parallel; a version that fails is marked UNAVAILABLE with the
@@ -46,7 +47,7 @@ class ModelRepository:
 
     async def _load(self, entry: VersionEntry) -> None:
         try:
-            entry.runner = await asyncio.to_thread(load_version, entry.spec)
+            entry.runner = await asyncio.to_thread(load_version, entry.spec, self._cpu_instances)
         except Exception as exc:
             entry.state = VersionState.UNAVAILABLE
             entry.reason = f"failed to load: {type(exc).__name__}"

@@ -1,92 +1,145 @@
-"""The runner of one model version: validates a request, waits for a free instance and runs it."""
+"""The runner of one model version: validates a request, answers it from the cache when it can,
+and otherwise hands it to the scheduler, which batches it and runs it on an instance."""
 
 import asyncio
-import logging
+import dataclasses
 import time
 
 import numpy as np
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
 from turnout.errors import DeadlineExceeded, InvalidInput, quoted
-from turnout.models.instance import Feed, OrtInstance, RunResult, completion_for
+from turnout.models.accounting import VersionCounters
+from turnout.models.cache import CacheSettings, ResultCache
+from turnout.models.instance import Feed, OrtInstance
+from turnout.models.scheduler import BatchPolicy, ScheduledResult, Scheduler
 from turnout.models.types import ModelRequest, ModelResponse, ModelSignature, Placement, RunStats
 from turnout.models.validation import validate_request
 
-log = logging.getLogger(__name__)
-
 
 class ModelRunner:
-    """Serves one model version on its worker instances.
-
-    Each instance runs one inference at a time; a request waits for the first idle instance.
-    """
+    """Serves one model version on its worker instances."""
 
     def __init__(
-        self, signature: ModelSignature, placement: Placement, instances: list[OrtInstance]
+        self,
+        signature: ModelSignature,
+        placement: Placement,
+        instances: list[OrtInstance],
+        policy: BatchPolicy,
+        cache: CacheSettings | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.signature = signature
         self.placement = placement
+        self.policy = policy
+        self.counters = VersionCounters()
         self._instances = instances
-        self._idle: asyncio.Queue[OrtInstance] = asyncio.Queue()
-        for instance in instances:
-            self._idle.put_nowait(instance)
-        self._all_outputs = [spec.name for spec in signature.outputs]
+        self._timeout_s = timeout_s
+        self._all_outputs = tuple(spec.name for spec in signature.outputs)
         self._bytes_inputs = {spec.name for spec in signature.inputs if spec.datatype.is_bytes}
+        label = f"model {quoted(signature.name)} version {signature.version}"
+        self._scheduler = Scheduler(
+            label,
+            instances,
+            policy,
+            tuple(spec.name for spec in signature.inputs),
+            self._all_outputs,
+            self.counters,
+        )
+        self._cache = (
+            ResultCache(cache, f"{signature.name}\0{signature.version}", self.counters.cache)
+            if cache is not None
+            else None
+        )
+        self._flights: dict[bytes, asyncio.Future[ScheduledResult]] = {}
+
+    @property
+    def has_cache(self) -> bool:
+        """Whether the version keeps a result cache."""
+        return self._cache is not None
 
     async def infer(self, request: ModelRequest) -> ModelResponse:
         """Run ``request``; raises InvalidInput before running when it does not fit the model."""
         validate_request(self.signature, request)
-        feed = self._feed(request.inputs)
-        names = list(request.requested_outputs or self._all_outputs)
-        queued = time.perf_counter()
-        instance = await self._acquire(request.deadline)
-        queue_seconds = time.perf_counter() - queued
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[RunResult] = loop.create_future()
-        instance.submit(
-            feed, names, completion_for(loop, future, lambda: self._idle.put_nowait(instance))
-        )
+        rows = self._rows(request)
+        outputs = request.requested_outputs or self._all_outputs
+        deadline = request.deadline
+        if self._timeout_s is not None:
+            own = time.monotonic() + self._timeout_s
+            deadline = own if deadline is None else min(deadline, own)
+        cache = self._cache
+        if cache is None:
+            feed = self._feed(request.inputs)
+            shares, stats = await self._scheduler.submit(feed, rows, outputs, deadline)
+            return ModelResponse(shares, stats)
+        return await self._cached(cache, request, rows, outputs, deadline)
+
+    async def _cached(
+        self,
+        cache: ResultCache,
+        request: ModelRequest,
+        rows: int,
+        outputs: tuple[str, ...],
+        deadline: float | None,
+    ) -> ModelResponse:
+        counters = self.counters.cache
+        key = cache.key(request.inputs, outputs)
+        while True:
+            hit = cache.get(key)
+            if hit is not None:
+                counters.hits += 1
+                return ModelResponse(hit, RunStats(rows, 0.0, 0.0, 0, cache_hit=True))
+            flight = self._flights.get(key)
+            leading = flight is None
+            if flight is None:
+                counters.misses += 1
+                feed = self._feed(request.inputs)
+                flight = asyncio.ensure_future(
+                    self._scheduler.submit(feed, rows, outputs, deadline)
+                )
+                self._flights[key] = flight
+                flight.add_done_callback(lambda landed: self._landed(cache, key, landed))
+            else:
+                # An identical request is running: wait for its result instead of running again.
+                counters.hits += 1
+            try:
+                # The run's own queue entry carries the leader's deadline; a waiter bounds its
+                # wait by its own.
+                shares, stats = await self._await_flight(flight, None if leading else deadline)
+            except DeadlineExceeded:
+                if leading or (deadline is not None and deadline <= time.monotonic()):
+                    raise
+                continue  # the run this request waited for missed its own deadline: run anew
+            if leading:
+                return ModelResponse(shares, dataclasses.replace(stats, cache_hit=False))
+            return ModelResponse(dict(shares), RunStats(rows, 0.0, 0.0, 0, cache_hit=True))
+
+    async def _await_flight(
+        self, flight: "asyncio.Future[ScheduledResult]", deadline: float | None
+    ) -> ScheduledResult:
+        """The shared run's result, waited for no longer than this request's own deadline."""
+        if deadline is None:
+            return await asyncio.shield(flight)
         try:
-            outputs, seconds = await future
-        except (OrtInvalidArgument, OrtFail) as exc:
-            # Validation already matched names, types and shapes, so what ONNX Runtime still
-            # refuses (mismatched dimensions between inputs, an index out of range) comes from
-            # the values sent.
-            log.debug("%s: ONNX Runtime refused the input: %s", self.signature.name, exc)
-            raise InvalidInput(
-                f"model {quoted(self.signature.name)} version {self.signature.version} "
-                "could not run on this input"
-            ) from exc
-        if len(outputs) != len(names):
-            raise RuntimeError(f"ONNX Runtime returned {len(outputs)} outputs for {len(names)}")
-        stats = RunStats(self._rows(request), queue_seconds, seconds)
-        return ModelResponse(dict(zip(names, outputs, strict=True)), stats)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await asyncio.shield(flight)
+        except TimeoutError:
+            self.counters.expired += 1
+            raise DeadlineExceeded(
+                f"model {quoted(self.signature.name)} version {self.signature.version}: "
+                "the request's deadline passed before it could run"
+            ) from None
+
+    def _landed(
+        self, cache: ResultCache, key: bytes, flight: "asyncio.Future[ScheduledResult]"
+    ) -> None:
+        del self._flights[key]
+        if not flight.cancelled() and flight.exception() is None:
+            cache.put(key, flight.result()[0])
 
     def _rows(self, request: ModelRequest) -> int:
         if self.signature.max_batch_size == 0 or not request.inputs:
             return 1
         return int(next(iter(request.inputs.values())).shape[0])
-
-    async def _acquire(self, deadline: float | None) -> OrtInstance:
-        if deadline is not None and deadline <= time.monotonic():
-            raise self._expired()
-        if not self._idle.empty():
-            return self._idle.get_nowait()
-        if deadline is None:
-            return await self._idle.get()
-        remaining = deadline - time.monotonic()
-        try:
-            async with asyncio.timeout(max(remaining, 0.0)):
-                return await self._idle.get()
-        except TimeoutError:
-            raise self._expired() from None
-
-    def _expired(self) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"model {quoted(self.signature.name)} version {self.signature.version}: "
-            "the request's deadline passed before it could run"
-        )
 
     def _feed(self, inputs: dict[str, np.ndarray]) -> Feed:
         """What ONNX Runtime is given: text for string inputs, native byte order throughout
@@ -111,7 +164,7 @@ class ModelRunner:
             for spec in self.signature.inputs
         }
         for instance in self._instances:
-            instance.run_now(feed, self._all_outputs)
+            instance.run_now(feed, list(self._all_outputs))
 
     def close(self) -> None:
         """Let queued runs finish, then stop the instances' threads."""

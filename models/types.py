@@ -3,6 +3,7 @@ and state of each model version."""
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -43,13 +44,25 @@ class ModelSignature:
 
 
 @dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a model version's instances run: the execution providers ONNX Runtime gave them."""
+class PlacedGroup:
+    """Instances of a version on one device, with the providers ONNX Runtime gave them."""
 
-    kind: str  # "cpu" or "gpu"
+    kind: Literal["cpu", "gpu"]
     device_id: int
+    count: int
     providers: tuple[str, ...]
-    instance_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a model version's instances run."""
+
+    groups: tuple[PlacedGroup, ...]
+
+    @property
+    def instance_count(self) -> int:
+        """All instances of the version."""
+        return sum(group.count for group in self.groups)
 
 
 class VersionState(enum.Enum):
@@ -73,12 +86,15 @@ class ModelRequest:
 
 @dataclass(frozen=True, slots=True)
 class RunStats:
-    """How one request was executed: rows it carried, seconds it waited for an instance and
-    seconds ONNX Runtime ran."""
+    """How one request was executed: the rows it carried, seconds it waited in the queue,
+    seconds ONNX Runtime ran, the rows of the batch it ran in, and whether the result came
+    from the cache (then nothing ran; None when the version has no cache)."""
 
     rows: int
     queue_seconds: float
     run_seconds: float
+    batch_rows: int
+    cache_hit: bool | None = None
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.repository = ModelRepository(config.version_specs())
+        self.metrics.watch(self.repository)
         self.router = Router(self.repository)
         self.plane = DataPlane(self.repository, self.router, self.metrics)
         self._stop = asyncio.Event()
@@ -57,6 +58,9 @@ class Gateway:
                 HttpFrontEnd(self.plane, server.max_request_bytes).app(),
                 http="httptools",
                 lifespan="off",
+                # Client addresses are not used, and trusting X-Forwarded-For is a choice for
+                # whoever puts a proxy in front, not a default.
+                proxy_headers=False,
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),

@@ -9,14 +9,18 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    StrictInt,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from turnout.models.loader import VersionSpec
+from turnout.models.cache import CacheSettings
+from turnout.models.loader import InstanceGroup, VersionSpec
 from turnout.models.providers import Device
 from turnout.models.session import SessionSettings
 
@@ -70,14 +74,76 @@ class SessionConfig(_Strict):
     allow_spinning: bool = False
 
 
+_INSTANCE_COUNT = "count"
+_INSTANCE_GROUPS = "groups"
+
+
+def _instances_form(value: Any) -> str:
+    """Which form ``instances`` takes, so errors come from that form alone."""
+    return _INSTANCE_GROUPS if isinstance(value, list) else _INSTANCE_COUNT
+
+
+class InstanceGroupConfig(_Strict):
+    """Triton-style instances: ``count`` on the CPU, or ``count`` on each GPU of ``gpus``."""
+
+    kind: Literal["cpu", "gpu"]
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+    gpus: Annotated[list[Annotated[int, Field(ge=0, le=999)]], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _gpus_for_gpu(self) -> "InstanceGroupConfig":
+        if self.kind == "cpu" and self.gpus is not None:
+            raise ValueError("gpus applies to kind gpu only")
+        return self
+
+    def groups(self) -> list[InstanceGroup]:
+        """The models layer's instance groups."""
+        if self.kind == "cpu":
+            return [InstanceGroup(Device("cpu"), self.count)]
+        return [InstanceGroup(Device("cuda", gpu), self.count) for gpu in self.gpus or [0]]
+
+
+class DynamicBatchingConfig(_Strict):
+    """Triton's dynamic batcher: on by default wherever the model has a batch dimension."""
+
+    enabled: bool = True
+    max_queue_delay_us: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = []
+
+
+class CacheConfig(_Strict):
+    """The result cache of a version (off unless given)."""
+
+    max_bytes: Annotated[int, Field(gt=0)]
+    ttl_s: Annotated[float, Field(gt=0)] = 300.0
+
+
 class ModelSettings(_Strict):
     """How one model version is run; in model-repository mode, the whole of a model's
     ``turnout.yaml``."""
 
     device: str = "auto"
     tensorrt: bool = False
-    instances: Annotated[int, Field(ge=1, le=64)] = 1
+    instances: Annotated[
+        Annotated[StrictInt, Field(ge=1, le=64), Tag(_INSTANCE_COUNT)]
+        | Annotated[list[InstanceGroupConfig], Field(min_length=1), Tag(_INSTANCE_GROUPS)],
+        Discriminator(_instances_form),
+    ] = 1
     max_batch_size: Annotated[int, Field(ge=0)] | None = None
+    dynamic_batching: DynamicBatchingConfig = DynamicBatchingConfig()
+    max_queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    timeout_ms: Annotated[float, Field(gt=0)] | None = None
+    cache: CacheConfig | None = None
+    io_binding: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("io_binding", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        # YAML reads a bare on/off as a boolean.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
     warmup: bool = True
     session: SessionConfig = SessionConfig()
 
@@ -87,16 +153,35 @@ class ModelSettings(_Strict):
         Device.parse(value)
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSettings":
+        if isinstance(self.instances, list) and self.device != "auto":
+            raise ValueError(
+                "device applies when instances is a number; "
+                "with instance groups, each group gives its kind (and gpus)"
+            )
+        preferred = self.dynamic_batching.preferred_batch_sizes
+        if self.max_batch_size is not None and any(s > self.max_batch_size for s in preferred):
+            raise ValueError(
+                "dynamic_batching.preferred_batch_sizes must not exceed max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        return self
+
     def version_spec(self, name: str, version: str, path: Path) -> VersionSpec:
         """The models layer's description of this version."""
         session = self.session
+        batching = self.dynamic_batching
+        if isinstance(self.instances, int):
+            groups = [InstanceGroup(Device.parse(self.device), self.instances)]
+        else:
+            groups = [group for config in self.instances for group in config.groups()]
         return VersionSpec(
             name=name,
             version=version,
             path=path,
-            device=Device.parse(self.device),
+            instance_groups=tuple(groups),
             tensorrt=self.tensorrt,
-            instance_count=self.instances,
             session=SessionSettings(
                 session.intra_op_threads,
                 session.inter_op_threads,
@@ -104,6 +189,13 @@ class ModelSettings(_Strict):
                 session.allow_spinning,
             ),
             max_batch_size=self.max_batch_size,
+            dynamic_batching=batching.enabled,
+            max_queue_delay_s=batching.max_queue_delay_us / 1e6,
+            preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
+            max_queue_size=self.max_queue_size,
+            timeout_s=self.timeout_ms / 1000 if self.timeout_ms is not None else None,
+            cache=CacheSettings(self.cache.max_bytes, self.cache.ttl_s) if self.cache else None,
+            io_binding=self.io_binding,
             warmup=self.warmup,
         )
 
@@ -224,7 +316,9 @@ def _describe(error: Any) -> str:
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     path = ""
-    for part in loc:
+    for previous, part in zip((None, *loc), loc, strict=False):
+        if previous == "instances" and part in (_INSTANCE_COUNT, _INSTANCE_GROUPS):
+            continue  # the union's tag, not a field
         if isinstance(part, int):
             path += f"[{part}]"
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):

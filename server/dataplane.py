@@ -92,7 +92,12 @@ class DataPlane:
             keys = [(endpoint, v) for v in self.repository.versions(endpoint)]
         else:
             keys = [(endpoint, self.repository.entry(endpoint, version).spec.version)]
-        return [self.metrics.statistics.version(name, v).view(name, v) for name, v in keys]
+        views = []
+        for name, version_name in keys:
+            runner = self.repository.entry(name, version_name).runner
+            statistics = self.metrics.statistics.version(name, version_name)
+            views.append(statistics.view(name, version_name, runner.counters if runner else None))
+        return views
 
     def internal_error(self, error: BaseException, request_id: str) -> InternalError:
         """Log an unexpected fault with a request id and return the error the client sees."""

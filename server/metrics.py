@@ -6,22 +6,25 @@ prometheus-client's locked updates. Label values come only from configured names
 so random traffic cannot grow the number of series.
 """
 
-import bisect
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from turnout import errors
+from turnout.models.accounting import Histogram
+from turnout.models.repository import ModelRepository
 from turnout.models.types import RunStats
 from turnout.server.statistics import Statistics, VersionStatistics
 
 UNKNOWN = "_unknown"
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0,
-)  # fmt: skip
 
 # Ordered most specific first: the first class an error is an instance of names its status.
 _STATUS_OF_ERROR: tuple[tuple[type[BaseException], str], ...] = (
@@ -52,28 +55,14 @@ def status_of(error: BaseException | None) -> str:
     return "internal_error"
 
 
-class LatencyHistogram:
-    """Counts per bucket of LATENCY_BUCKETS (the last one is +Inf) and the sum of the values."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        """Count one value."""
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """Prometheus's ``le`` buckets."""
-        buckets = []
-        running = 0
-        for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), self.counts, strict=True):
-            running += count
-            buckets.append((bound, float(running)))
-        return buckets
+def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    """Prometheus's cumulative ``le`` buckets of a histogram."""
+    buckets = []
+    running = 0
+    for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
+        running += count
+        buckets.append((floatToGoString(bound), float(running)))
+    return buckets
 
 
 class RequestSeries:
@@ -83,8 +72,8 @@ class RequestSeries:
 
     def __init__(self, statistics: VersionStatistics | None) -> None:
         self.outcomes = dict.fromkeys(STATUSES, 0)
-        self.duration = LatencyHistogram()
-        self.run_duration = LatencyHistogram()
+        self.duration = Histogram()
+        self.run_duration = Histogram()
         self.statistics = statistics
 
     def succeeded(
@@ -93,7 +82,8 @@ class RequestSeries:
         """Record a request answered successfully (times in seconds)."""
         self.outcomes["success"] += 1
         self.duration.observe(total)
-        self.run_duration.observe(run.run_seconds)
+        if not run.cache_hit:
+            self.run_duration.observe(run.run_seconds)
         if self.statistics is not None:
             self.statistics.succeeded(total, compute_input, compute_output, run)
 
@@ -129,6 +119,10 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch(self, repository: ModelRepository) -> None:
+        """Export the scheduler and cache counters of the repository's versions."""
+        self.registry.register(_ModelCollector(repository))
+
     def series(self, endpoint: str, version: str, protocol: str) -> RequestSeries:
         """The series of one endpoint, version ("" before one was chosen) and protocol."""
         key = (endpoint, version, protocol)
@@ -162,24 +156,77 @@ class _RequestCollector(Collector):
             "Time ONNX Runtime spent running a model version.",
             labels=["endpoint", "version"],
         )
-        runs: dict[tuple[str, str], list[LatencyHistogram]] = {}
+        runs: dict[tuple[str, str], Histogram] = {}
         for (endpoint, version, protocol), series in list(self._series.items()):
             for status, count in series.outcomes.items():
                 requests.add_metric([endpoint, version, protocol, status], count)
             histogram = series.duration
-            duration.add_metric(
-                [endpoint, version, protocol], histogram.cumulative(), histogram.total
-            )
+            duration.add_metric([endpoint, version, protocol], _buckets(histogram), histogram.total)
             if version:
-                runs.setdefault((endpoint, version), []).append(series.run_duration)
-        for key, histograms in runs.items():
-            merged = LatencyHistogram()
-            for histogram in histograms:
-                merged.counts = [
-                    a + b for a, b in zip(merged.counts, histogram.counts, strict=True)
-                ]
-                merged.total += histogram.total
-            run_duration.add_metric(list(key), merged.cumulative(), merged.total)
+                seen = runs.get((endpoint, version))
+                runs[(endpoint, version)] = (
+                    series.run_duration if seen is None else seen.merged(series.run_duration)
+                )
+        for key, histogram in runs.items():
+            run_duration.add_metric(list(key), _buckets(histogram), histogram.total)
         yield requests
         yield duration
         yield run_duration
+
+
+class _ModelCollector(Collector):
+    """Turns each loaded version's scheduler and cache counters into Prometheus families."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repository = repository
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["endpoint", "version"]
+
+        def counter(name: str, documentation: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, documentation, labels=labels)
+
+        def gauge(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=labels)
+
+        batch_size = HistogramMetricFamily(
+            "turnout_batch_size", "Rows per model execution.", labels=labels
+        )
+        queue_time = HistogramMetricFamily(
+            "turnout_queue_duration_seconds",
+            "Time requests waited in a version's queue before running.",
+            labels=labels,
+        )
+        queue_depth = gauge("turnout_queue_depth", "Requests waiting in a version's queue.")
+        rejected = counter(
+            "turnout_queue_rejected", "Requests refused at once because the queue was full."
+        )
+        expired = counter(
+            "turnout_queue_expired", "Requests whose deadline passed before they could run."
+        )
+        abandoned = counter(
+            "turnout_queue_abandoned", "Requests whose caller went away while they were queued."
+        )
+        hits = counter("turnout_cache_hits", "Requests answered from the result cache.")
+        misses = counter("turnout_cache_misses", "Requests the result cache could not answer.")
+        evictions = counter("turnout_cache_evictions", "Results evicted or expired from the cache.")
+        cached_bytes = gauge("turnout_cache_bytes", "Bytes held by the result cache.")
+        for entry in self._repository.entries():
+            runner = entry.runner
+            if runner is None:
+                continue
+            key = [entry.spec.name, entry.spec.version]
+            counts = runner.counters
+            batch_size.add_metric(key, _buckets(counts.batch_size), counts.batch_size.total)
+            queue_time.add_metric(key, _buckets(counts.queue_time), counts.queue_time.total)
+            queue_depth.add_metric(key, counts.queued)
+            rejected.add_metric(key, counts.rejected)
+            expired.add_metric(key, counts.expired)
+            abandoned.add_metric(key, counts.abandoned)
+            if runner.has_cache:
+                hits.add_metric(key, counts.cache.hits)
+                misses.add_metric(key, counts.cache.misses)
+                evictions.add_metric(key, counts.cache.evictions)
+                cached_bytes.add_metric(key, counts.cache.bytes)
+        yield from (batch_size, queue_time, queue_depth, rejected, expired, abandoned)
+        yield from (hits, misses, evictions, cached_bytes)

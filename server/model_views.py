@@ -52,17 +52,25 @@ def config_view(endpoint: str, entry: VersionEntry) -> dict[str, Any]:
             }
             for spec in signature.outputs
         ],
+        "instance_group": [
+            {
+                "name": f"{endpoint}_{signature.version}_{index}",
+                "kind": "KIND_GPU" if group.kind == "gpu" else "KIND_CPU",
+                "count": group.count,
+                **({"gpus": [group.device_id]} if group.kind == "gpu" else {}),
+            }
+            for index, group in enumerate(placement.groups)
+        ],
         "default_model_filename": entry.spec.path.name,
+        "response_cache": {"enable": runner.has_cache},
         "parameters": {"version": {"string_value": signature.version}},
     }
-    group: dict[str, Any] = {
-        "name": f"{endpoint}_{signature.version}",
-        "kind": "KIND_GPU" if placement.kind == "gpu" else "KIND_CPU",
-        "count": placement.instance_count,
-    }
-    if placement.kind == "gpu":
-        group["gpus"] = [placement.device_id]
-    config["instance_group"] = [group]
+    policy = runner.policy
+    if policy.max_batch_size > 0:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": list(policy.preferred_batch_sizes),
+            "max_queue_delay_microseconds": round(policy.max_queue_delay_s * 1e6),
+        }
     return config
 
 

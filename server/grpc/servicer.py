@@ -1,7 +1,8 @@
 """The gRPC front end: GRPCInferenceService on grpc.aio, translating to and from the data plane."""
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -23,6 +24,7 @@ from turnout.server.model_views import config_view, metadata_view
 log = logging.getLogger(__name__)
 
 ROUTING_KEY_METADATA = "x-routing-key"
+STREAM_INFLIGHT = 256
 _Reply = TypeVar("_Reply")
 
 
@@ -93,14 +95,68 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         try:
-            with self._plane.request("grpc", request.model_name) as scope:
-                inference = decode_request(request, context.time_remaining(), _routing_key(context))
-                response = await self._plane.infer(inference, scope)
-                return encode_response(response, request.id)
+            return await self._infer(request, context.time_remaining(), _routing_key(context))
         except TurnoutError as error:
             await _abort(context, error)
         except Exception as error:
             await _abort(context, self._plane.internal_error(error, request.id))
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Triton's streaming extension: requests on one stream run concurrently (up to
+        STREAM_INFLIGHT at a time; reading pauses beyond that) and each answer is sent as soon as
+        it is ready, matched to its request by id. A failed request gets an error message on the
+        stream, which stays open."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_INFLIGHT)
+        running: set[asyncio.Task[None]] = set()
+        routing_key = _routing_key(context)
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await self._infer(request, context.time_remaining(), routing_key)
+            except TurnoutError as error:
+                answers.put_nowait(_stream_error(request, error.message))
+            except Exception as error:
+                internal = self._plane.internal_error(error, request.id)
+                answers.put_nowait(_stream_error(request, internal.message))
+            else:
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (message := await answers.get()) is not None:
+                yield message
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, remaining_s: float | None, routing_key: str | None
+    ) -> pb.ModelInferResponse:
+        with self._plane.request("grpc", request.model_name) as scope:
+            inference = decode_request(request, remaining_s, routing_key)
+            response = await self._plane.infer(inference, scope)
+            return encode_response(response, request.id)
 
     async def _answer(
         self, context: grpc.aio.ServicerContext, build: Callable[[], _Reply]
@@ -109,6 +165,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return build()
         except TurnoutError as error:
             await _abort(context, error)
+
+
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
 
 
 def _routing_key(context: grpc.aio.ServicerContext) -> str | None:

@@ -4,8 +4,9 @@ This is the hot path, so it reads the ASGI scope, body and headers directly inst
 through starlette's request, routing and response objects; the rest of the HTTP API is starlette.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from turnout.errors import ClientDisconnected, InvalidInput, TurnoutError, UnsupportedMediaType
 from turnout.server.dataplane import DataPlane
@@ -14,6 +15,7 @@ from turnout.server.http.codec import decode_request, encode_response
 from turnout.server.http.errors import error_body, error_headers, status_for
 
 Scope = MutableMapping[str, Any]
+_Result = TypeVar("_Result")
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -62,7 +64,9 @@ class InferEndpoint:
                     body, header_length, endpoint, version, headers.get(ROUTING_KEY_HEADER)
                 )
                 request_id = decoded.request.request_id
-                response = await self._plane.infer(decoded.request, tracked)
+                response = await _unless_disconnected(
+                    receive, self._plane.infer(decoded.request, tracked)
+                )
                 encoded = encode_response(response, request_id, decoded)
         except TurnoutError as error:
             await _respond_error(send, error)
@@ -84,6 +88,37 @@ class InferEndpoint:
                     (b"inference-header-content-length", str(encoded.header_length).encode()),
                 ],
             )
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[_Result]) -> _Result:
+    """Await ``work``; if the client disconnects first, cancel it (a queued request then leaves
+    the queue without running) and raise ClientDisconnected."""
+    task = asyncio.current_task()
+    watcher = asyncio.ensure_future(receive())
+    disconnected = False
+
+    def on_message(message: "asyncio.Future[MutableMapping[str, Any]]") -> None:
+        nonlocal disconnected
+        if (
+            task is not None
+            and not message.cancelled()
+            and message.exception() is None
+            and message.result()["type"] == "http.disconnect"
+        ):
+            disconnected = True
+            task.cancel()
+
+    watcher.add_done_callback(on_message)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if disconnected and task is not None:
+            task.uncancel()
+            raise ClientDisconnected from None
+        raise
+    finally:
+        watcher.remove_done_callback(on_message)
+        watcher.cancel()
 
 
 def _header_length(headers: dict[str, str]) -> int | None:
