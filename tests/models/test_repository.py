@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.onnx_models import fixed_shape, write_model
 from turnout.errors import ModelNotFound, ModelNotReady
-from turnout.models.loader import VersionSpec
+from turnout.models.loader import InstanceGroup, VersionSpec
 from turnout.models.providers import Device
 from turnout.models.repository import ModelRepository, version_order
 from turnout.models.runner import ModelRunner
@@ -36,8 +36,7 @@ def spec(
         name,
         version,
         path,
-        Device("cpu"),
-        instance_count=instance_count,
+        (InstanceGroup(Device("cpu"), instance_count),),
         max_batch_size=max_batch_size,
     )
 

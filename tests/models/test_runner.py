@@ -25,9 +25,11 @@ from tests.support.onnx_models import (
 )
 from turnout.errors import DeadlineExceeded, InvalidInput
 from turnout.models import providers
-from turnout.models.loader import VersionSpec, load_version
+from turnout.models.cache import CacheSettings
+from turnout.models.loader import InstanceGroup, IoBinding, VersionSpec, load_version
 from turnout.models.providers import CPU, Device
 from turnout.models.runner import ModelRunner
+from turnout.models.scheduler import BatchPolicy
 from turnout.models.session import (
     DEFAULT_MAX_BATCH_SIZE,
     PLATFORM,
@@ -35,7 +37,13 @@ from turnout.models.session import (
     UnsupportedModel,
     read_signature,
 )
-from turnout.models.types import ModelRequest, ModelResponse, ModelSignature
+from turnout.models.types import (
+    ModelRequest,
+    ModelResponse,
+    ModelSignature,
+    PlacedGroup,
+    RunStats,
+)
 from turnout.server.demo import build_mlp, finish_model
 
 T = TypeVar("T")
@@ -76,9 +84,19 @@ class Loader:
         self.runners: list[ModelRunner] = []
 
     def __call__(
-        self, path: Path, name: str = "model", version: str = "1", **options: Any
+        self,
+        path: Path,
+        name: str = "model",
+        version: str = "1",
+        device: Device | None = None,
+        instance_count: int = 1,
+        **options: Any,
     ) -> ModelRunner:
-        options.setdefault("device", Device("cpu"))
+        """Load a version with ``instance_count`` instances on ``device`` (the CPU by default),
+        unless ``options`` give the instance groups themselves."""
+        options.setdefault(
+            "instance_groups", (InstanceGroup(device or Device("cpu"), instance_count),)
+        )
         runner = load_version(VersionSpec(name, version, path, **options))
         self.runners.append(runner)
         return runner
@@ -300,9 +318,11 @@ def test_unserved_tensor_type_is_refused(load: Loader, tmp_path: Path) -> None:
 def test_cpu_placement(load: Loader, mlp_path: Path) -> None:
     runner = load(mlp_path, instance_count=2)
 
-    assert runner.placement.kind == "cpu"
-    assert runner.placement.device_id == 0
-    assert runner.placement.providers == (CPU,)
+    (group,) = runner.placement.groups
+    assert group.kind == "cpu"
+    assert group.device_id == 0
+    assert group.count == 2
+    assert group.providers == (CPU,)
     assert runner.placement.instance_count == 2
 
 
@@ -314,12 +334,12 @@ def test_auto_without_gpu_runs_on_the_cpu_and_says_so(
     with caplog.at_level(logging.INFO, logger="turnout.models"):
         runner = load(mlp_path, "auto-model", device=Device("auto"))
 
-    assert runner.placement.kind == "cpu"
-    assert runner.placement.providers == (CPU,)
+    assert runner.placement.groups == (PlacedGroup("cpu", 0, 1, (CPU,)),)
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert messages[-1] == (
         logging.INFO,
-        "model 'auto-model' version 1 loaded from model.onnx on CPUExecutionProvider (1 instance)",
+        "model 'auto-model' version 1 loaded from model.onnx: "
+        f"1 on cpu:0 (CPUExecutionProvider); batching up to {DEFAULT_MAX_BATCH_SIZE} rows",
     )
     assert any(level == logging.INFO and "running on the CPU" in m for level, m in messages)
     assert not any(level >= logging.WARNING for level, _ in messages)
@@ -594,6 +614,299 @@ def test_run_stats(load: Loader, mlp_path: Path, slow_path: Path) -> None:
         assert stats.run_seconds > 0
         assert stats.queue_seconds < 60
         assert stats.run_seconds < 60
+        # Each ran alone, and neither version has a cache.
+        assert stats.batch_rows == stats.rows
+        assert stats.cache_hit is None
+
+
+def test_every_execution_is_counted_by_batch_size(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, "counted")
+
+    for count in (3, 1, 3):
+        run(runner.infer(ModelRequest({"INPUT0": rows(count, seed=count)})))
+
+    counters = runner.counters
+    assert counters.executions == 3
+    assert {size: times.executions for size, times in counters.by_batch_size.items()} == {
+        1: 1,
+        3: 2,
+    }
+    assert counters.queued == 0
+
+
+# -- instance groups, batching policy, I/O binding, timeout and cache ----------------------------
+
+
+def cpu(count: int) -> InstanceGroup:
+    return InstanceGroup(Device("cpu"), count)
+
+
+def test_instance_groups_are_placed_in_order(
+    load: Loader, mlp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="turnout.models"):
+        runner = load(mlp_path, "groups", "2", instance_groups=(cpu(1), cpu(2)))
+
+    assert runner.placement.groups == (
+        PlacedGroup("cpu", 0, 1, (CPU,)),
+        PlacedGroup("cpu", 0, 2, (CPU,)),
+    )
+    assert runner.placement.instance_count == 3
+    assert {f"ort-groups-2-{index}" for index in range(3)} <= thread_names()
+    assert caplog.records[-1].getMessage() == (
+        "model 'groups' version 2 loaded from model.onnx: "
+        "1 on cpu:0 (CPUExecutionProvider), 2 on cpu:0 (CPUExecutionProvider); "
+        f"batching up to {DEFAULT_MAX_BATCH_SIZE} rows"
+    )
+
+
+def test_every_instance_of_every_group_is_closed(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, "closegroups", instance_groups=(cpu(2), cpu(1)))
+    names = {f"ort-closegroups-1-{index}" for index in range(3)}
+    assert names <= thread_names()
+
+    runner.close()
+
+    assert not names & thread_names()
+
+
+def test_requests_across_instance_groups_each_get_their_own_rows(
+    load: Loader, mlp_path: Path
+) -> None:
+    runner = load(mlp_path, "spread", instance_groups=(cpu(1), cpu(2)))
+    feeds = [{"INPUT0": rows(1 + index % 3, seed=200 + index)} for index in range(9)]
+
+    async def all_at_once() -> list[ModelResponse]:
+        return await asyncio.gather(*(runner.infer(ModelRequest(feed)) for feed in feeds))
+
+    for feed, response in zip(feeds, run(all_at_once()), strict=True):
+        expected = direct(mlp_path, feed)
+        np.testing.assert_allclose(response.outputs["OUTPUT0"], expected["OUTPUT0"], rtol=1e-5)
+        assert response.stats.rows == feed["INPUT0"].shape[0]
+        assert response.stats.batch_rows >= response.stats.rows
+
+
+POLICIES = [
+    pytest.param((small_mlp, {}), BatchPolicy(DEFAULT_MAX_BATCH_SIZE, 0.0, (), 512), id="defaults"),
+    pytest.param(
+        (small_mlp, {"dynamic_batching": False}),
+        BatchPolicy(0, 0.0, (), 512),
+        id="batching-off",
+    ),
+    pytest.param(
+        (
+            small_mlp,
+            {
+                "max_batch_size": 8,
+                "max_queue_delay_s": 0.001,
+                "preferred_batch_sizes": (2, 8),
+                "max_queue_size": 10,
+            },
+        ),
+        BatchPolicy(8, 0.001, (2, 8), 10),
+        id="everything-set",
+    ),
+    pytest.param((fixed_shape, {}), BatchPolicy(0, 0.0, (), 512), id="no-batch-dimension"),
+]
+
+
+@pytest.mark.parametrize(("given", "expected"), POLICIES)
+def test_batch_policy_comes_from_the_spec_and_the_signature(
+    load: Loader,
+    tmp_path: Path,
+    given: tuple[Callable[[], onnx.ModelProto], dict[str, Any]],
+    expected: BatchPolicy,
+) -> None:
+    build, options = given
+    path = write_model(build(), tmp_path / "model.onnx")
+
+    runner = load(path, "policy", **options)
+
+    assert runner.policy == expected
+
+
+def test_batching_off_keeps_the_batch_dimension(
+    load: Loader, mlp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without dynamic batching requests still carry up to max_batch_size rows each; they are
+    just never run together."""
+    with caplog.at_level(logging.INFO, logger="turnout.models"):
+        runner = load(mlp_path, "unbatched", dynamic_batching=False)
+    feed = {"INPUT0": rows(5, seed=5)}
+
+    response = run(runner.infer(ModelRequest(feed)))
+
+    assert runner.signature.max_batch_size == DEFAULT_MAX_BATCH_SIZE
+    assert caplog.records[-1].getMessage().endswith("; batching off")
+    np.testing.assert_allclose(
+        response.outputs["OUTPUT0"], direct(mlp_path, feed)["OUTPUT0"], rtol=1e-5
+    )
+    assert response.stats.rows == 5
+
+
+@pytest.mark.parametrize(
+    ("given", "preferred", "message"),
+    [
+        pytest.param(
+            (small_mlp, 8),
+            (4, 16),
+            "preferred_batch_sizes [16] exceed max_batch_size 8",
+            id="above-the-given-max",
+        ),
+        pytest.param(
+            (small_mlp, None),
+            (64, 65, 128),
+            f"preferred_batch_sizes [65, 128] exceed max_batch_size {DEFAULT_MAX_BATCH_SIZE}",
+            id="above-the-default-max",
+        ),
+        pytest.param(
+            (fixed_shape, None),
+            (1,),
+            "preferred_batch_sizes [1] exceed max_batch_size 0",
+            id="no-batch-dimension",
+        ),
+    ],
+)
+def test_preferred_batch_sizes_above_the_max_fail_the_load(
+    load: Loader,
+    tmp_path: Path,
+    given: tuple[Callable[[], onnx.ModelProto], int | None],
+    preferred: tuple[int, ...],
+    message: str,
+) -> None:
+    build, max_batch_size = given
+    path = write_model(build(), tmp_path / "model.onnx")
+
+    with pytest.raises(UnsupportedModel) as caught:
+        load(
+            path,
+            "toobig",
+            instance_count=2,
+            max_batch_size=max_batch_size,
+            preferred_batch_sizes=preferred,
+        )
+
+    assert str(caught.value) == message
+    assert not any(name.startswith("ort-toobig-") for name in thread_names())
+
+
+@pytest.mark.parametrize("io_binding", ["auto", "on", "off"])
+def test_io_binding_gives_the_same_answers(
+    load: Loader, mlp_path: Path, io_binding: IoBinding
+) -> None:
+    runner = load(mlp_path, io_binding=io_binding)
+    feed = {"INPUT0": rows(6, seed=13)}
+
+    response = run(runner.infer(ModelRequest(feed)))
+
+    expected = direct(mlp_path, feed)
+    np.testing.assert_allclose(response.outputs["OUTPUT0"], expected["OUTPUT0"], rtol=1e-5)
+    np.testing.assert_array_equal(response.outputs["LABEL"], expected["LABEL"])
+
+
+def test_io_binding_on_every_datatype(load: Loader, tmp_path: Path) -> None:
+    runner = load(write_model(identity_all_types(), tmp_path / "model.onnx"), io_binding="on")
+    feed = {f"IN_{name}": np.ones((2, 3), dtype=dtype) for name, _, dtype in ALL_TYPES}
+
+    response = run(runner.infer(ModelRequest(feed)))
+
+    for name, _, dtype in ALL_TYPES:
+        output = response.outputs[f"OUT_{name}"]
+        assert output.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(output, feed[f"IN_{name}"])
+
+
+def test_io_binding_on_serves_string_tensors(load: Loader, tmp_path: Path) -> None:
+    """ONNX Runtime binds no string tensors; a BYTES model must still load and answer with
+    ``io_binding: on`` (as it must with ``auto`` on a GPU)."""
+    runner = load(write_model(echo_strings(), tmp_path / "strings.onnx"), io_binding="on")
+
+    response = run(runner.infer(ModelRequest({"TEXT": np.array([b"a", b"bc"], dtype=object)})))
+
+    assert response.outputs["ECHO"].tolist() == ["a", "bc"]
+
+
+def test_version_timeout_drops_a_request_still_queued(load: Loader, slow_path: Path) -> None:
+    runner = load(slow_path, "timed", timeout_s=0.01)
+
+    async def scenario() -> tuple[ModelResponse | BaseException, ...]:
+        return tuple(
+            await asyncio.gather(
+                runner.infer(busy_request()),
+                runner.infer(late_request(None)),
+                return_exceptions=True,
+            )
+        )
+
+    busy, queued = run(scenario())
+
+    # The first ran at once and finished although it took longer than the timeout.
+    assert isinstance(busy, ModelResponse)
+    assert int(busy.outputs["COUNT"][0]) == BUSY_ITERATIONS
+    assert isinstance(queued, DeadlineExceeded)
+    assert queued.message == (
+        "model 'timed' version 1: the request's deadline passed before it could run"
+    )
+    assert runner.counters.expired == 1
+
+
+def test_earlier_request_deadline_wins_over_the_version_timeout(
+    load: Loader, slow_path: Path
+) -> None:
+    runner = load(slow_path, "timedout", timeout_s=600.0)
+
+    with pytest.raises(DeadlineExceeded):
+        run(runner.infer(late_request(time.monotonic() - 1.0)))
+    response = run(runner.infer(late_request(time.monotonic() + 600.0)))
+
+    assert int(response.outputs["COUNT"][0]) == 3
+
+
+def test_cache_answers_an_identical_request_without_running(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, "cached", cache=CacheSettings(1 << 20, 60.0))
+    feed = {"INPUT0": rows(2, seed=21)}
+
+    miss = run(runner.infer(ModelRequest(feed)))
+    hit = run(runner.infer(ModelRequest({"INPUT0": feed["INPUT0"].copy()})))
+    other = run(runner.infer(ModelRequest({"INPUT0": rows(2, seed=22)})))
+
+    assert runner.has_cache is True
+    assert miss.stats.cache_hit is False
+    assert miss.stats.batch_rows == 2
+    assert hit.stats == RunStats(2, 0.0, 0.0, 0, cache_hit=True)
+    assert other.stats.cache_hit is False
+    for name in ("OUTPUT0", "LABEL"):
+        np.testing.assert_array_equal(hit.outputs[name], miss.outputs[name])
+    expected = direct(mlp_path, feed)
+    np.testing.assert_allclose(hit.outputs["OUTPUT0"], expected["OUTPUT0"], rtol=1e-5)
+    cache = runner.counters.cache
+    assert (cache.hits, cache.misses, cache.entries) == (1, 2, 2)
+    assert runner.counters.executions == 2
+
+
+def test_cached_result_depends_on_the_requested_outputs(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, "cachedoutputs", cache=CacheSettings(1 << 20, 60.0))
+    feed = {"INPUT0": rows(2, seed=23)}
+
+    label = run(runner.infer(ModelRequest(feed, ("LABEL",))))
+    both = run(runner.infer(ModelRequest(feed)))
+
+    assert tuple(label.outputs) == ("LABEL",)
+    assert tuple(both.outputs) == ("OUTPUT0", "LABEL")
+    assert (label.stats.cache_hit, both.stats.cache_hit) == (False, False)
+
+
+def test_without_a_cache_nothing_is_cached(load: Loader, mlp_path: Path) -> None:
+    runner = load(mlp_path, "uncached")
+    feed = {"INPUT0": rows(2, seed=24)}
+
+    first = run(runner.infer(ModelRequest(feed)))
+    second = run(runner.infer(ModelRequest(feed)))
+
+    assert runner.has_cache is False
+    assert (first.stats.cache_hit, second.stats.cache_hit) == (None, None)
+    assert runner.counters.executions == 2
+    assert (runner.counters.cache.hits, runner.counters.cache.misses) == (0, 0)
 
 
 # -- loading options -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.onnx_models import write_model
 from turnout.errors import InvalidInput, ModelNotFound, ModelNotReady
-from turnout.models.loader import VersionSpec
+from turnout.models.loader import InstanceGroup, VersionSpec
 from turnout.models.providers import CPU, Device
 from turnout.models.repository import ModelRepository
 from turnout.router.router import Router
@@ -51,7 +51,7 @@ class Models:
         self.paths["broken", "2"].parent.mkdir(parents=True)
         self.paths["broken", "2"].write_bytes(b"garbage")
         self.repository = ModelRepository(
-            VersionSpec(name, version, path, Device("cpu"))
+            VersionSpec(name, version, path, (InstanceGroup(Device("cpu"), 1),))
             for (name, version), path in self.paths.items()
         )
         asyncio.run(self.repository.load_all())

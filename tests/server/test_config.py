@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from turnout.models.cache import CacheSettings
+from turnout.models.loader import InstanceGroup
 from turnout.models.providers import Device
 from turnout.models.session import SessionSettings
 from turnout.server.config import Config, ConfigError, load_config, read_yaml, validate_config
@@ -68,6 +70,11 @@ models:
     tensorrt: true
     instances: 3
     max_batch_size: 16
+    dynamic_batching: {{enabled: false, max_queue_delay_us: 1500, preferred_batch_sizes: [8, 4]}}
+    max_queue_size: 32
+    timeout_ms: 250
+    cache: {{max_bytes: 4096, ttl_s: 60}}
+    io_binding: "off"
     warmup: false
     session:
       intra_op_threads: 4
@@ -103,6 +110,14 @@ def test_full_config_is_read_field_by_field(config_dir: Path) -> None:
     assert first.tensorrt is True
     assert first.instances == 3
     assert first.max_batch_size == 16
+    assert first.dynamic_batching.enabled is False
+    assert first.dynamic_batching.max_queue_delay_us == 1500
+    assert first.dynamic_batching.preferred_batch_sizes == [8, 4]
+    assert first.max_queue_size == 32
+    assert first.timeout_ms == 250
+    assert first.cache is not None
+    assert (first.cache.max_bytes, first.cache.ttl_s) == (4096, 60)
+    assert first.io_binding == "off"
     assert first.warmup is False
     assert first.session.intra_op_threads == 4
     assert first.session.inter_op_threads == 2
@@ -121,15 +136,21 @@ def test_full_config_gives_version_specs(config_dir: Path) -> None:
     ]
     first, second, third = specs
     assert first.path == (config_dir / MODEL_FILE).resolve()
-    assert first.device == Device("cuda", 1)
+    assert first.instance_groups == (InstanceGroup(Device("cuda", 1), 3),)
     assert first.tensorrt is True
-    assert first.instance_count == 3
     assert first.max_batch_size == 16
+    assert first.dynamic_batching is False
+    assert first.max_queue_delay_s == 0.0015
+    assert first.preferred_batch_sizes == (4, 8)
+    assert first.max_queue_size == 32
+    assert first.timeout_s == 0.25
+    assert first.cache == CacheSettings(4096, 60)
+    assert first.io_binding == "off"
     assert first.warmup is False
     assert first.session == SessionSettings(4, 2, "basic", True)
-    assert second.device == Device("auto")
+    assert second.instance_groups == (InstanceGroup(Device("auto"), 1),)
     assert second.session == SessionSettings()
-    assert third.device == Device("cpu")
+    assert third.instance_groups == (InstanceGroup(Device("cpu"), 1),)
 
 
 def test_defaults_match_the_readme(config_dir: Path) -> None:
@@ -144,11 +165,27 @@ def test_defaults_match_the_readme(config_dir: Path) -> None:
     assert model.tensorrt is False
     assert model.instances == 1
     assert model.max_batch_size is None
+    assert model.dynamic_batching.enabled is True
+    assert model.dynamic_batching.max_queue_delay_us == 0
+    assert model.dynamic_batching.preferred_batch_sizes == []
+    assert model.max_queue_size == 512
+    assert model.timeout_ms is None
+    assert model.cache is None
+    assert model.io_binding == "auto"
     assert model.warmup is True
     assert model.session.intra_op_threads == 0
     assert model.session.inter_op_threads == 1
     assert model.session.graph_optimization == "all"
     assert model.session.allow_spinning is False
+    (spec,) = config.version_specs()
+    assert spec.instance_groups == (InstanceGroup(Device("auto"), 1),)
+    assert spec.dynamic_batching is True
+    assert spec.max_queue_delay_s == 0
+    assert spec.preferred_batch_sizes == ()
+    assert spec.max_queue_size == 512
+    assert spec.timeout_s is None
+    assert spec.cache is None
+    assert spec.io_binding == "auto"
 
 
 @pytest.mark.parametrize(
@@ -191,7 +228,169 @@ def test_valid_devices(config_dir: Path, device: str) -> None:
     config = load_config(write_yaml(config_dir, {"models": [entry(device=device)]}))
 
     assert config.models[0].device == device
-    assert str(config.version_specs()[0].device) == ("cuda:0" if device == "cuda" else device)
+    (group,) = config.version_specs()[0].instance_groups
+    assert str(group.device) == ("cuda:0" if device == "cuda" else device)
+    assert group.count == 1
+
+
+CPU = Device("cpu")
+
+
+def gpu(index: int) -> Device:
+    return Device("cuda", index)
+
+
+VALID_INSTANCES = [
+    pytest.param(1, (InstanceGroup(Device("auto"), 1),), id="count-1"),
+    pytest.param(64, (InstanceGroup(Device("auto"), 64),), id="count-64"),
+    pytest.param([{"kind": "cpu"}], (InstanceGroup(CPU, 1),), id="cpu-group-default-count"),
+    pytest.param([{"kind": "cpu", "count": 4}], (InstanceGroup(CPU, 4),), id="cpu-group"),
+    pytest.param([{"kind": "gpu"}], (InstanceGroup(gpu(0), 1),), id="gpu-group-default-gpu"),
+    pytest.param(
+        [{"kind": "gpu", "count": 2, "gpus": [3]}], (InstanceGroup(gpu(3), 2),), id="gpu-group"
+    ),
+    pytest.param(
+        [{"kind": "gpu", "count": 2, "gpus": [0, 1, 3]}],
+        (InstanceGroup(gpu(0), 2), InstanceGroup(gpu(1), 2), InstanceGroup(gpu(3), 2)),
+        id="one-group-per-gpu-listed",
+    ),
+    pytest.param(
+        [{"kind": "cpu", "count": 2}, {"kind": "gpu", "gpus": [1]}, {"kind": "cpu", "count": 64}],
+        (InstanceGroup(CPU, 2), InstanceGroup(gpu(1), 1), InstanceGroup(CPU, 64)),
+        id="mixed-in-order",
+    ),
+]
+
+
+@pytest.mark.parametrize(("instances", "expected"), VALID_INSTANCES)
+def test_valid_instances_give_instance_groups(
+    config_dir: Path, instances: Any, expected: tuple[InstanceGroup, ...]
+) -> None:
+    config = load_config(write_yaml(config_dir, {"models": [entry(instances=instances)]}))
+
+    assert config.version_specs()[0].instance_groups == expected
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:1"])
+def test_instance_count_runs_on_the_device(config_dir: Path, device: str) -> None:
+    data = {"models": [entry(device=device, instances=5)]}
+
+    (spec,) = load_config(write_yaml(config_dir, data)).version_specs()
+
+    assert spec.instance_groups == (InstanceGroup(Device.parse(device), 5),)
+
+
+def test_device_auto_may_stand_beside_instance_groups(config_dir: Path) -> None:
+    data = {"models": [entry(device="auto", instances=[{"kind": "cpu", "count": 2}])]}
+
+    (spec,) = load_config(write_yaml(config_dir, data)).version_specs()
+
+    assert spec.instance_groups == (InstanceGroup(CPU, 2),)
+
+
+VALID_BATCHING = [
+    pytest.param({}, None, (True, 0.0, ()), id="defaults"),
+    pytest.param({"enabled": False}, None, (False, 0.0, ()), id="off"),
+    pytest.param({"max_queue_delay_us": 250}, None, (True, 0.00025, ()), id="delay"),
+    pytest.param(
+        {"max_queue_delay_us": 10_000_000}, None, (True, 10.0, ()), id="delay-at-the-limit"
+    ),
+    pytest.param(
+        {"preferred_batch_sizes": [16, 4, 16, 8]},
+        None,
+        (True, 0.0, (4, 8, 16)),
+        id="preferred-sorted-once-each",
+    ),
+    pytest.param(
+        {"preferred_batch_sizes": [4, 8]}, 8, (True, 0.0, (4, 8)), id="preferred-up-to-max"
+    ),
+    pytest.param(
+        {"enabled": False, "max_queue_delay_us": 100, "preferred_batch_sizes": [2]},
+        None,
+        (False, 0.0001, (2,)),
+        id="off-keeps-the-rest",
+    ),
+]
+
+
+@pytest.mark.parametrize(("batching", "max_batch_size", "expected"), VALID_BATCHING)
+def test_dynamic_batching_settings(
+    config_dir: Path,
+    batching: dict[str, Any],
+    max_batch_size: int | None,
+    expected: tuple[bool, float, tuple[int, ...]],
+) -> None:
+    data = {"models": [entry(dynamic_batching=batching, max_batch_size=max_batch_size)]}
+
+    (spec,) = load_config(write_yaml(config_dir, data)).version_specs()
+
+    assert (spec.dynamic_batching, spec.max_queue_delay_s, spec.preferred_batch_sizes) == expected
+    assert spec.max_batch_size == max_batch_size
+
+
+@pytest.mark.parametrize(
+    ("timeout_ms", "timeout_s"),
+    [
+        pytest.param(None, None, id="none"),
+        pytest.param(250, 0.25, id="int"),
+        pytest.param(1.5, 0.0015, id="fraction"),
+        pytest.param(60_000, 60.0, id="a-minute"),
+    ],
+)
+def test_timeout_ms_becomes_timeout_s(
+    config_dir: Path, timeout_ms: float | None, timeout_s: float | None
+) -> None:
+    (spec,) = load_config(
+        write_yaml(config_dir, {"models": [entry(timeout_ms=timeout_ms)]})
+    ).version_specs()
+
+    assert spec.timeout_s == timeout_s
+
+
+@pytest.mark.parametrize(
+    ("cache", "expected"),
+    [
+        pytest.param(None, None, id="off"),
+        pytest.param({"max_bytes": 1}, CacheSettings(1, 300.0), id="default-ttl"),
+        pytest.param(
+            {"max_bytes": 64 * 1024 * 1024, "ttl_s": 0.5},
+            CacheSettings(64 * 1024 * 1024, 0.5),
+            id="both",
+        ),
+    ],
+)
+def test_cache_settings(
+    config_dir: Path, cache: dict[str, Any] | None, expected: CacheSettings | None
+) -> None:
+    (spec,) = load_config(write_yaml(config_dir, {"models": [entry(cache=cache)]})).version_specs()
+
+    assert spec.cache == expected
+
+
+@pytest.mark.parametrize("io_binding", ["auto", "on", "off"])
+def test_io_binding_values(config_dir: Path, io_binding: str) -> None:
+    config = load_config(write_yaml(config_dir, {"models": [entry(io_binding=io_binding)]}))
+
+    assert config.models[0].io_binding == io_binding
+    assert config.version_specs()[0].io_binding == io_binding
+
+
+@pytest.mark.parametrize("io_binding", ["on", "off"])
+def test_io_binding_may_be_written_unquoted(config_dir: Path, io_binding: str) -> None:
+    """The README documents ``io_binding: auto | on | off``; YAML 1.1 (PyYAML's safe loader)
+    reads a bare ``on`` or ``off`` as a boolean, which must still mean that setting."""
+    text = f"models:\n  - {{name: mlp, version: 1, path: {MODEL_FILE}, io_binding: {io_binding}}}\n"
+
+    config = load_config(write_text(config_dir, text))
+
+    assert config.version_specs()[0].io_binding == io_binding
+
+
+@pytest.mark.parametrize("size", [1, 1_000_000])
+def test_max_queue_size_at_the_edges_is_valid(config_dir: Path, size: int) -> None:
+    config = load_config(write_yaml(config_dir, {"models": [entry(max_queue_size=size)]}))
+
+    assert config.version_specs()[0].max_queue_size == size
 
 
 @pytest.mark.parametrize("port", [0, 1, 65535])
@@ -205,6 +404,191 @@ def test_ports_at_the_edges_are_valid(config_dir: Path, port: int) -> None:
 
 
 # -- validation errors, each with its field path ------------------------------------------------
+
+GROUP_IS_CPU_ONLY = "gpus applies to kind gpu only"
+DEVICE_WITH_GROUPS = (
+    "device applies when instances is a number; "
+    "with instance groups, each group gives its kind (and gpus)"
+)
+NOT_AN_INT = "Input should be a valid integer"
+
+
+def preferred_over(limit: int) -> str:
+    return f"dynamic_batching.preferred_batch_sizes must not exceed max_batch_size ({limit})"
+
+
+# instance groups, dynamic batching, queue, timeout, cache and I/O binding
+INVALID_NEW_SETTINGS = [
+    pytest.param(
+        {"models": [entry(instances=True)]},
+        [f"models[0].instances: {NOT_AN_INT}"],
+        id="instances-true",
+    ),
+    pytest.param(
+        {"models": [entry(instances="2")]},
+        [f"models[0].instances: {NOT_AN_INT}"],
+        id="instances-string",
+    ),
+    pytest.param(
+        {"models": [entry(instances=2.0)]},
+        [f"models[0].instances: {NOT_AN_INT}"],
+        id="instances-float",
+    ),
+    pytest.param(
+        {"models": [entry(instances={"kind": "cpu"})]},
+        [f"models[0].instances: {NOT_AN_INT}"],
+        id="instances-a-single-group-not-in-a-list",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[])]},
+        ["models[0].instances: List should have at least 1 item"],
+        id="instances-no-groups",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "tpu"}])]},
+        ["models[0].instances[0].kind: Input should be 'cpu' or 'gpu'"],
+        id="group-kind",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"count": 2}])]},
+        ["models[0].instances[0].kind: required"],
+        id="group-without-kind",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "cpu", "gpus": [0]}])]},
+        [f"models[0].instances[0]: {GROUP_IS_CPU_ONLY}"],
+        id="cpu-group-with-gpus",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "cpu"}, {"kind": "gpu", "gpus": []}])]},
+        ["models[0].instances[1].gpus: List should have at least 1 item after validation, not 0"],
+        id="second-group-with-empty-gpus",
+    ),
+    pytest.param(
+        {"models": [entry(device="cpu", instances=[{"kind": "cpu"}])]},
+        [f"models[0]: {DEVICE_WITH_GROUPS}"],
+        id="device-with-groups",
+    ),
+    pytest.param(
+        {"models": [entry(device="cuda:1", instances=[{"kind": "gpu", "gpus": [1]}])]},
+        [f"models[0]: {DEVICE_WITH_GROUPS}"],
+        id="cuda-device-with-gpu-groups",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "gpu", "count": 0}])]},
+        ["models[0].instances[0].count: Input should be greater than or equal to 1"],
+        id="group-count-0",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "cpu", "count": 65}])]},
+        ["models[0].instances[0].count: Input should be less than or equal to 64"],
+        id="group-count-65",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "gpu", "gpus": [0, -1]}])]},
+        ["models[0].instances[0].gpus[1]: Input should be greater than or equal to 0"],
+        id="gpu-negative",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "gpu", "gpus": [1000]}])]},
+        ["models[0].instances[0].gpus[0]: Input should be less than or equal to 999"],
+        id="gpu-1000",
+    ),
+    pytest.param(
+        {"models": [entry(instances=[{"kind": "gpu", "device": 1}])]},
+        ["models[0].instances[0].device: unknown field"],
+        id="unknown-group-field",
+    ),
+    pytest.param(
+        {"models": [entry(max_batch_size=8, dynamic_batching={"preferred_batch_sizes": [4, 16]})]},
+        [f"models[0]: {preferred_over(8)}"],
+        id="preferred-above-max-batch-size",
+    ),
+    pytest.param(
+        {"models": [entry(max_batch_size=0, dynamic_batching={"preferred_batch_sizes": [1]})]},
+        [f"models[0]: {preferred_over(0)}"],
+        id="preferred-without-batch-dimension",
+    ),
+    pytest.param(
+        {"models": [entry(dynamic_batching={"preferred_batch_sizes": [0]})]},
+        [
+            "models[0].dynamic_batching.preferred_batch_sizes[0]: "
+            "Input should be greater than or equal to 1"
+        ],
+        id="preferred-0",
+    ),
+    pytest.param(
+        {"models": [entry(dynamic_batching={"max_queue_delay_us": -1})]},
+        [
+            "models[0].dynamic_batching.max_queue_delay_us: "
+            "Input should be greater than or equal to 0"
+        ],
+        id="delay-negative",
+    ),
+    pytest.param(
+        {"models": [entry(dynamic_batching={"max_queue_delay_us": 10_000_001})]},
+        [
+            "models[0].dynamic_batching.max_queue_delay_us: "
+            "Input should be less than or equal to 10000000"
+        ],
+        id="delay-over-ten-seconds",
+    ),
+    pytest.param(
+        {"models": [entry(dynamic_batching={"enabled": "maybe"})]},
+        ["models[0].dynamic_batching.enabled: Input should be a valid boolean"],
+        id="batching-enabled-not-a-boolean",
+    ),
+    pytest.param(
+        {"models": [entry(dynamic_batching={"max_batch_size": 8})]},
+        ["models[0].dynamic_batching.max_batch_size: unknown field"],
+        id="unknown-batching-field",
+    ),
+    pytest.param(
+        {"models": [entry(max_queue_size=0)]},
+        ["models[0].max_queue_size: Input should be greater than or equal to 1"],
+        id="max-queue-size-0",
+    ),
+    pytest.param(
+        {"models": [entry(max_queue_size=1_000_001)]},
+        ["models[0].max_queue_size: Input should be less than or equal to 1000000"],
+        id="max-queue-size-over-a-million",
+    ),
+    pytest.param(
+        {"models": [entry(timeout_ms=0)]},
+        ["models[0].timeout_ms: Input should be greater than 0"],
+        id="timeout-0",
+    ),
+    pytest.param(
+        {"models": [entry(timeout_ms=-5)]},
+        ["models[0].timeout_ms: Input should be greater than 0"],
+        id="timeout-negative",
+    ),
+    pytest.param(
+        {"models": [entry(cache={})]},
+        ["models[0].cache.max_bytes: required"],
+        id="cache-without-max-bytes",
+    ),
+    pytest.param(
+        {"models": [entry(cache={"max_bytes": 0})]},
+        ["models[0].cache.max_bytes: Input should be greater than 0"],
+        id="cache-max-bytes-0",
+    ),
+    pytest.param(
+        {"models": [entry(cache={"max_bytes": 1024, "ttl_s": 0})]},
+        ["models[0].cache.ttl_s: Input should be greater than 0"],
+        id="cache-ttl-0",
+    ),
+    pytest.param(
+        {"models": [entry(cache={"max_bytes": 1024, "entries": 5})]},
+        ["models[0].cache.entries: unknown field"],
+        id="unknown-cache-field",
+    ),
+    pytest.param(
+        {"models": [entry(io_binding="yes")]},
+        ["models[0].io_binding: Input should be 'auto', 'on' or 'off'"],
+        id="io-binding",
+    ),
+]
 
 INVALID_CONFIGS = [
     # unknown keys
@@ -392,6 +776,7 @@ INVALID_CONFIGS = [
         ["models[0].instances: Input should be less than or equal to 64"],
         id="instances-65",
     ),
+    *INVALID_NEW_SETTINGS,
     pytest.param(
         {"models": [entry(max_batch_size=-1)]},
         ["models[0].max_batch_size: Input should be greater than or equal to 0"],

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from turnout.models.cache import CacheSettings
+from turnout.models.loader import InstanceGroup, VersionSpec
+from turnout.models.providers import Device
 from turnout.server.config import ConfigError, ListenConfig, ServerConfig
 from turnout.server.repository_mode import MODEL_FILE, SETTINGS_FILE, config_from_repository
 
@@ -34,6 +37,14 @@ def write_settings(root: Path, model: str, text: str) -> Path:
 def found(root: Path) -> set[tuple[str, str]]:
     config = config_from_repository(root, ServerConfig())
     return {(entry.name, entry.version) for entry in config.models}
+
+
+def only_spec(root: Path) -> VersionSpec:
+    (spec,) = config_from_repository(root, ServerConfig()).version_specs()
+    return spec
+
+
+AUTO_ONCE = (InstanceGroup(Device("auto"), 1),)
 
 
 def refused(root: Path) -> ConfigError:
@@ -73,11 +84,17 @@ def test_models_without_settings_get_the_defaults(tmp_path: Path) -> None:
 
     (spec,) = config_from_repository(tmp_path, ServerConfig()).version_specs()
 
-    assert str(spec.device) == "auto"
-    assert spec.instance_count == 1
+    assert spec.instance_groups == AUTO_ONCE
     assert spec.max_batch_size is None
     assert spec.warmup is True
     assert spec.tensorrt is False
+    assert spec.dynamic_batching is True
+    assert spec.max_queue_delay_s == 0
+    assert spec.preferred_batch_sizes == ()
+    assert spec.max_queue_size == 512
+    assert spec.timeout_s is None
+    assert spec.cache is None
+    assert spec.io_binding == "auto"
 
 
 @pytest.mark.parametrize(
@@ -177,9 +194,8 @@ def test_model_settings_apply_to_every_version_of_that_model_only(tmp_path: Path
 
     for version in ("1", "2"):
         spec = specs["mlp", version]
-        assert str(spec.device) == "cpu"
+        assert spec.instance_groups == (InstanceGroup(Device("cpu"), 3),)
         assert spec.tensorrt is True
-        assert spec.instance_count == 3
         assert spec.max_batch_size == 8
         assert spec.warmup is False
         assert spec.session.intra_op_threads == 2
@@ -187,8 +203,7 @@ def test_model_settings_apply_to_every_version_of_that_model_only(tmp_path: Path
         assert spec.session.graph_optimization == "basic"
         assert spec.session.allow_spinning is True
     plain = specs["plain", "1"]
-    assert str(plain.device) == "auto"
-    assert plain.instance_count == 1
+    assert plain.instance_groups == AUTO_ONCE
     assert plain.warmup is True
 
 
@@ -198,8 +213,89 @@ def test_empty_settings_file_gives_the_defaults(tmp_path: Path) -> None:
 
     (spec,) = config_from_repository(tmp_path, ServerConfig()).version_specs()
 
-    assert str(spec.device) == "auto"
-    assert spec.instance_count == 1
+    assert spec.instance_groups == AUTO_ONCE
+
+
+def test_instance_groups_in_settings_expand_per_gpu_for_every_version(tmp_path: Path) -> None:
+    add_version(tmp_path, "mlp", "1")
+    add_version(tmp_path, "mlp", "2")
+    add_version(tmp_path, "plain", "1")
+    write_settings(
+        tmp_path,
+        "mlp",
+        "instances:\n"
+        "  - {kind: cpu, count: 2}\n"
+        "  - {kind: gpu, count: 3, gpus: [0, 2]}\n"
+        "  - {kind: gpu}\n",
+    )
+
+    specs = {
+        (s.name, s.version): s
+        for s in config_from_repository(tmp_path, ServerConfig()).version_specs()
+    }
+
+    expected = (
+        InstanceGroup(Device("cpu"), 2),
+        InstanceGroup(Device("cuda", 0), 3),
+        InstanceGroup(Device("cuda", 2), 3),
+        InstanceGroup(Device("cuda", 0), 1),
+    )
+    assert specs["mlp", "1"].instance_groups == expected
+    assert specs["mlp", "2"].instance_groups == expected
+    assert specs["plain", "1"].instance_groups == AUTO_ONCE
+
+
+def test_batching_queue_timeout_cache_and_binding_settings(tmp_path: Path) -> None:
+    add_version(tmp_path, "mlp", "1")
+    write_settings(
+        tmp_path,
+        "mlp",
+        "max_batch_size: 16\n"
+        "dynamic_batching: {max_queue_delay_us: 2500, preferred_batch_sizes: [16, 4, 8, 4]}\n"
+        "max_queue_size: 9\n"
+        "timeout_ms: 40\n"
+        "cache: {max_bytes: 2048, ttl_s: 12.5}\n"
+        "io_binding: 'on'\n",
+    )
+
+    spec = only_spec(tmp_path)
+
+    assert spec.max_batch_size == 16
+    assert spec.dynamic_batching is True
+    assert spec.max_queue_delay_s == 0.0025
+    assert spec.preferred_batch_sizes == (4, 8, 16)
+    assert spec.max_queue_size == 9
+    assert spec.timeout_s == 0.04
+    assert spec.cache == CacheSettings(2048, 12.5)
+    assert spec.io_binding == "on"
+
+
+def test_dynamic_batching_can_be_turned_off(tmp_path: Path) -> None:
+    add_version(tmp_path, "mlp", "1")
+    write_settings(tmp_path, "mlp", "dynamic_batching: {enabled: false}\n")
+
+    spec = only_spec(tmp_path)
+
+    assert spec.dynamic_batching is False
+    assert (spec.max_queue_delay_s, spec.preferred_batch_sizes) == (0, ())
+
+
+@pytest.mark.parametrize("io_binding", ["auto", "on", "off"])
+def test_io_binding_values_in_settings(tmp_path: Path, io_binding: str) -> None:
+    add_version(tmp_path, "mlp", "1")
+    write_settings(tmp_path, "mlp", f"io_binding: '{io_binding}'\n")
+
+    assert only_spec(tmp_path).io_binding == io_binding
+
+
+@pytest.mark.parametrize("io_binding", ["on", "off"])
+def test_io_binding_unquoted_in_settings(tmp_path: Path, io_binding: str) -> None:
+    """As the README writes it (``io_binding: auto | on | off``), although YAML 1.1 reads a bare
+    ``on`` or ``off`` as a boolean."""
+    add_version(tmp_path, "mlp", "1")
+    write_settings(tmp_path, "mlp", f"io_binding: {io_binding}\n")
+
+    assert only_spec(tmp_path).io_binding == io_binding
 
 
 INVALID_SETTINGS = [
@@ -208,6 +304,61 @@ INVALID_SETTINGS = [
         "instances: 0\n",
         ["instances: Input should be greater than or equal to 1"],
         id="instances",
+    ),
+    pytest.param(
+        "instances: true\n", ["instances: Input should be a valid integer"], id="instances-true"
+    ),
+    pytest.param(
+        "instances: [{kind: cpu, gpus: [0]}]\n",
+        ["instances[0]: gpus applies to kind gpu only"],
+        id="cpu-group-with-gpus",
+    ),
+    pytest.param(
+        "instances: [{kind: gpu}, {kind: tpu}]\n",
+        ["instances[1].kind: Input should be 'cpu' or 'gpu'"],
+        id="group-kind",
+    ),
+    pytest.param(
+        "instances: [{kind: gpu, count: 65}]\n",
+        ["instances[0].count: Input should be less than or equal to 64"],
+        id="group-count",
+    ),
+    pytest.param(
+        "device: cuda:1\ninstances: [{kind: gpu, gpus: [1]}]\n",
+        [
+            "device applies when instances is a number; "
+            "with instance groups, each group gives its kind (and gpus)"
+        ],
+        id="device-with-groups",
+    ),
+    pytest.param(
+        "max_batch_size: 4\ndynamic_batching: {preferred_batch_sizes: [2, 8]}\n",
+        ["dynamic_batching.preferred_batch_sizes must not exceed max_batch_size (4)"],
+        id="preferred-above-max-batch-size",
+    ),
+    pytest.param(
+        "dynamic_batching: {max_queue_delay_us: -1}\n",
+        ["dynamic_batching.max_queue_delay_us: Input should be greater than or equal to 0"],
+        id="delay-negative",
+    ),
+    pytest.param(
+        "max_queue_size: 0\n",
+        ["max_queue_size: Input should be greater than or equal to 1"],
+        id="max-queue-size-0",
+    ),
+    pytest.param(
+        "max_queue_size: 1000001\n",
+        ["max_queue_size: Input should be less than or equal to 1000000"],
+        id="max-queue-size-over-a-million",
+    ),
+    pytest.param("timeout_ms: 0\n", ["timeout_ms: Input should be greater than 0"], id="timeout-0"),
+    pytest.param(
+        "cache: {ttl_s: 5}\n", ["cache.max_bytes: required"], id="cache-without-max-bytes"
+    ),
+    pytest.param(
+        "io_binding: always\n",
+        ["io_binding: Input should be 'auto', 'on' or 'off'"],
+        id="io-binding",
     ),
     pytest.param(
         "session: {graph_optimization: max}\n",

@@ -5,7 +5,7 @@ messages built from the shared views."""
 import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -14,11 +14,20 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from turnout.errors import InvalidInput
+from turnout.models.accounting import VersionCounters
 from turnout.models.datatypes import DATATYPES
 from turnout.models.loader import VersionSpec
 from turnout.models.repository import VersionEntry
 from turnout.models.runner import ModelRunner
-from turnout.models.types import ModelSignature, Placement, RunStats, TensorSpec, VersionState
+from turnout.models.scheduler import BatchPolicy
+from turnout.models.types import (
+    ModelSignature,
+    PlacedGroup,
+    Placement,
+    RunStats,
+    TensorSpec,
+    VersionState,
+)
 from turnout.protos import inference_pb2 as pb
 from turnout.router.types import InferenceRequest, InferenceResponse
 from turnout.server.grpc.codec import (
@@ -534,7 +543,7 @@ def test_deadline_from_the_grpc_deadline_and_the_timeout_parameter(
 
 
 def _response(outputs: dict[str, np.ndarray]) -> InferenceResponse:
-    return InferenceResponse("mlp", "2", outputs, RunStats(1, 0.0, 0.0))
+    return InferenceResponse("mlp", "2", outputs, RunStats(1, 0.0, 0.0, 1))
 
 
 OUTPUT_CASES = [
@@ -609,7 +618,15 @@ def test_output_of_a_dtype_that_is_not_served_is_a_fault() -> None:
 # --- metadata, configuration and statistics messages -----------------------------------------
 
 
-def _entry(kind: str = "gpu", max_batch_size: int = 64) -> VersionEntry:
+def _entry(
+    kind: Literal["cpu", "gpu"] = "gpu",
+    max_batch_size: int = 64,
+    groups: tuple[PlacedGroup, ...] | None = None,
+    preferred_batch_sizes: tuple[int, ...] = (),
+    max_queue_delay_s: float = 0.0,
+) -> VersionEntry:
+    """A loaded version with two instances of ``kind`` on device 1 (unless ``groups`` are given)
+    that batches up to ``max_batch_size`` rows."""
     batch = (-1,) if max_batch_size else ()
     signature = ModelSignature(
         name="mlp",
@@ -626,8 +643,11 @@ def _entry(kind: str = "gpu", max_batch_size: int = 64) -> VersionEntry:
         max_batch_size=max_batch_size,
     )
     providers = ("CUDAExecutionProvider",) if kind == "gpu" else ()
-    placement = Placement(kind, 1, (*providers, "CPUExecutionProvider"), 2)
-    runner = ModelRunner(signature, placement, [])
+    placement = Placement(
+        groups or (PlacedGroup(kind, 1, 2, (*providers, "CPUExecutionProvider")),)
+    )
+    policy = BatchPolicy(max_batch_size, max_queue_delay_s, preferred_batch_sizes)
+    runner = ModelRunner(signature, placement, [], policy)
     spec = VersionSpec("mlp", "2", Path("models/mlp/2/model.onnx"))
     return VersionEntry(spec, VersionState.READY, "", runner)
 
@@ -668,11 +688,14 @@ def test_config_message_from_the_config_view_of_a_gpu_version() -> None:
     ]
     (group,) = config.instance_group
     assert (group.name, group.kind, group.count, list(group.gpus)) == (
-        "mlp_2",
+        "mlp_2_0",
         pb.ModelInstanceGroup.KIND_GPU,
         2,
         [1],
     )
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert list(config.dynamic_batching.preferred_batch_size) == []
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert config.default_model_filename == "model.onnx"
     assert dict(config.parameters) == {"version": pb.ModelParameter(string_value="2")}
 
@@ -684,17 +707,46 @@ def test_config_message_of_an_unbatched_cpu_version() -> None:
     assert [list(i.dims) for i in config.input] == [[64], [-1]]
     (group,) = config.instance_group
     assert (group.kind, group.count, list(group.gpus)) == (pb.ModelInstanceGroup.KIND_CPU, 2, [])
+    assert config.WhichOneof("scheduling_choice") is None
+
+
+def test_config_message_of_instance_groups_and_a_batching_policy() -> None:
+    groups = (
+        PlacedGroup("cpu", 0, 2, ("CPUExecutionProvider",)),
+        PlacedGroup("gpu", 0, 1, ("CUDAExecutionProvider", "CPUExecutionProvider")),
+        PlacedGroup("gpu", 3, 4, ("CUDAExecutionProvider", "CPUExecutionProvider")),
+    )
+    view = config_view(
+        "mlp", _entry(groups=groups, preferred_batch_sizes=(4, 16), max_queue_delay_s=0.0005)
+    )
+
+    message = config_message(view)
+
+    config = message.config
+    assert [(g.name, g.kind, g.count, list(g.gpus)) for g in config.instance_group] == [
+        ("mlp_2_0", pb.ModelInstanceGroup.KIND_CPU, 2, []),
+        ("mlp_2_1", pb.ModelInstanceGroup.KIND_GPU, 1, [0]),
+        ("mlp_2_2", pb.ModelInstanceGroup.KIND_GPU, 4, [3]),
+    ]
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert pb.ModelConfigResponse.FromString(message.SerializeToString()) == message
 
 
 def test_statistics_message_from_the_statistics_views() -> None:
     statistics = Statistics()
     served_version = statistics.version("mlp", "2")
+    counters = VersionCounters()
     for rows in (4, 4, 1):
-        served_version.succeeded(0.5, 0.125, 0.25, RunStats(rows, 0.0625, 0.03125))
+        served_version.succeeded(0.5, 0.125, 0.25, RunStats(rows, 0.0625, 0.03125, rows))
+        counters.executed(rows, 0.125, 0.03125, 0.25)
     served_version.fail.add(1.0)
 
     message = statistics_message(
-        [served_version.view("mlp", "2"), statistics.version("mlp", "1").view("mlp", "1")]
+        [
+            served_version.view("mlp", "2", counters),
+            statistics.version("mlp", "1").view("mlp", "1", None),
+        ]
     )
 
     served, idle = message.model_stats
@@ -710,6 +762,9 @@ def test_statistics_message_from_the_statistics_views() -> None:
     assert (stats.compute_output.count, stats.compute_output.ns) == (3, 750_000_000)
     assert (stats.cache_hit.count, stats.cache_miss.count) == (0, 0)
     assert [(b.batch_size, b.compute_infer.count) for b in served.batch_stats] == [(1, 1), (4, 2)]
+    assert [
+        (b.compute_input.ns, b.compute_infer.ns, b.compute_output.ns) for b in served.batch_stats
+    ] == [(125_000_000, 31_250_000, 250_000_000), (250_000_000, 62_500_000, 500_000_000)]
     assert (idle.name, idle.version, idle.inference_count, idle.execution_count) == (
         "mlp",
         "1",

@@ -65,7 +65,7 @@ def _nested(value: Any, depth: int) -> Any:
 
 
 def _response(outputs: dict[str, np.ndarray], version: str = "2") -> InferenceResponse:
-    return InferenceResponse("mlp", version, outputs, RunStats(1, 0.0, 0.0))
+    return InferenceResponse("mlp", version, outputs, RunStats(1, 0.0, 0.0, 1))
 
 
 def _wanting(binary: dict[str, bool] | None = None, default: bool = False) -> HttpInferRequest:
