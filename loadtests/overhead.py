@@ -14,14 +14,9 @@ microseconds; each figure is the median over rounds.
 
 import argparse
 import contextlib
-import csv
 import http.client
 import json
-import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,16 +28,23 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnx
-import onnxruntime as ort
 import orjson
 
+from turnout.loadtests.harness import (
+    Figures,
+    PerfAnalyzer,
+    machine,
+    sample_row,
+    served,
+    turnout_command,
+    turnout_ports,
+)
 from turnout.models.providers import CPU
 from turnout.models.session import SessionSettings, create_session
 from turnout.protos import inference_pb2 as pb
 from turnout.protos import inference_pb2_grpc as pb_grpc
 from turnout.server.demo import DEMO_MODEL, FEATURES, build_mlp
 
-START_TIMEOUT_S = 60.0
 Call = Callable[[], object]
 
 
@@ -55,51 +57,24 @@ class Endpoint:
     port: int
 
 
-def _row() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((1, FEATURES)).astype(np.float32)
-
-
-@contextlib.contextmanager
-def _process(args: list[str], port_file: Path) -> Iterator[None]:
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_file.exists() or not port_file.read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(args)} did not start")
-            time.sleep(0.05)
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextlib.contextmanager
 def _servers(work: Path, model: Path) -> Iterator[list[Endpoint]]:
     """Turnout (model-repository mode) and the two bare servers, all on loopback."""
-    python = sys.executable
     ready = work / "turnout.json"
     grpc_port, http_port = work / "bare-grpc.port", work / "bare-http.port"
-    turnout = [python, "-m", "turnout", "--log-level", "warning", "serve", "--model-repository",
-               str(model.parent.parent.parent), "--http-port", "0", "--grpc-port", "0",
-               "--ready-file", str(ready)]  # fmt: skip
-    bare = [python, "-m", "turnout.loadtests.bare"]
+    bare = [sys.executable, "-m", "turnout.loadtests.bare"]
     with (
-        _process(turnout, ready),
-        _process([*bare, "grpc", str(model), str(grpc_port)], grpc_port),
-        _process([*bare, "http", str(model), str(http_port)], http_port),
+        served(turnout_command(model.parent.parent.parent, ready), ready),
+        served([*bare, "grpc", str(model), str(grpc_port)], grpc_port),
+        served([*bare, "http", str(model), str(http_port)], http_port),
     ):
-        ports = json.loads(ready.read_text())
+        turnout_http, turnout_grpc = turnout_ports(ready)
         yield [
-            Endpoint("turnout grpc", "grpc", ports["grpc_port"]),
+            Endpoint("turnout grpc", "grpc", turnout_grpc),
             Endpoint("bare grpc.aio", "grpc", int(grpc_port.read_text())),
-            Endpoint("turnout http json", "http", ports["http_port"]),
+            Endpoint("turnout http json", "http", turnout_http),
             Endpoint("bare asgi json", "http", int(http_port.read_text())),
-            Endpoint("turnout http binary", "http-binary", ports["http_port"]),
+            Endpoint("turnout http binary", "http-binary", turnout_http),
         ]
 
 
@@ -110,15 +85,17 @@ def _python_call(endpoint: Endpoint) -> tuple[Call, Callable[[], None]]:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         request = pb.ModelInferRequest(model_name=DEMO_MODEL)
         request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, FEATURES])
-        request.raw_input_contents.append(_row().tobytes())
+        request.raw_input_contents.append(sample_row(FEATURES).tobytes())
         return lambda: stub.ModelInfer(request), channel.close
     connection = http.client.HTTPConnection("127.0.0.1", endpoint.port)
     tensor = {"name": "INPUT0", "datatype": "FP32", "shape": [1, FEATURES]}
     headers = {"Content-Type": "application/json"}
     if endpoint.protocol == "http":
-        body = orjson.dumps({"inputs": [{**tensor, "data": _row().reshape(-1).tolist()}]})
+        body = orjson.dumps(
+            {"inputs": [{**tensor, "data": sample_row(FEATURES).reshape(-1).tolist()}]}
+        )
     else:
-        raw = _row().tobytes()
+        raw = sample_row(FEATURES).tobytes()
         header = orjson.dumps(
             {
                 "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
@@ -172,46 +149,26 @@ def _measure_python(
 def _measure_perf_analyzer(
     endpoints: list[Endpoint], rounds: int, venv: Path, work: Path
 ) -> dict[str, list[float]]:
-    binary = venv / "bin" / "perf_analyzer"
-    cuda_lib = next(venv.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
-    environment = {**os.environ, "LD_LIBRARY_PATH": str(cuda_lib)}
-    data = work / "input.json"
-    data.write_text(
-        json.dumps(
-            {"data": [{"INPUT0": {"content": _row().reshape(-1).tolist(), "shape": [FEATURES]}}]}
-        )
-    )
-    per_round: dict[str, list[tuple[float, float]]] = {endpoint.name: [] for endpoint in endpoints}
+    analyzer = PerfAnalyzer(venv, work)
+    runs: dict[str, list[Figures]] = {endpoint.name: [] for endpoint in endpoints}
     for _ in range(rounds):
         for endpoint in endpoints:
-            report = work / "pa.csv"
-            protocol = "grpc" if endpoint.protocol == "grpc" else "http"
-            args = [str(binary), "-m", DEMO_MODEL, "-u", f"127.0.0.1:{endpoint.port}",
-                    "-i", protocol, "--input-data", str(data), "--concurrency-range", "1:1",
-                    "--measurement-interval", "2000", "--max-trials", "10",
-                    "--stability-percentage", "100", "-f", str(report)]  # fmt: skip
-            if endpoint.protocol == "http":
-                args += ["--input-tensor-format", "json", "--output-tensor-format", "json"]
-            finished = subprocess.run(
-                args, env=environment, capture_output=True, text=True, timeout=300, check=False
+            address = f"127.0.0.1:{endpoint.port}"
+            runs[endpoint.name].append(
+                analyzer.measure(DEMO_MODEL, address, endpoint.protocol, 1, FEATURES)
             )
-            if finished.returncode != 0 or not report.exists():
-                raise RuntimeError(
-                    f"perf_analyzer on {endpoint.name} failed:\n{finished.stdout}{finished.stderr}"
-                )
-            with report.open() as rows:
-                row = next(csv.DictReader(rows))
-            per_round[endpoint.name].append((float(row["p50 latency"]), float(row["p99 latency"])))
-            report.unlink()
     return {
-        name: [statistics.median(p50 for p50, _ in runs), statistics.median(p99 for _, p99 in runs)]
-        for name, runs in per_round.items()
+        name: [
+            statistics.median(figures.p50_us for figures in cells),
+            statistics.median(figures.p99_us for figures in cells),
+        ]
+        for name, cells in runs.items()
     }
 
 
 def _in_process(model: Path, requests: int) -> list[float]:
     session = create_session(model, SessionSettings(), [(CPU, {})], instance_count=1)
-    feed = {"INPUT0": _row()}
+    feed = {"INPUT0": sample_row(FEATURES)}
     samples = _time_calls(lambda: session.run(None, feed), requests)
     return [statistics.median(samples), float(np.percentile(samples, 99))]
 
@@ -237,8 +194,7 @@ def run(client: str, rounds: int, requests: int, pa_venv: Path | None) -> dict[s
     }
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
-        f"Python {platform.python_version()}, onnxruntime {ort.__version__}",
+        "machine": machine(),
         "client": client,
         "model": "demo mlp 64-256-256-10 FP32, batch 1",
         "results": results,
