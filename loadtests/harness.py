@@ -45,7 +45,7 @@ def turnout_command(repository: Path, ready_file: Path) -> list[str]:
     return [
         sys.executable, "-m", "turnout", "--log-level", "warning", "serve",
         "--model-repository", str(repository), "--http-port", "0", "--grpc-port", "0",
-        "--ready-file", str(ready_file),
+        "--ready-file", str(ready_file), "--state-dir", str(ready_file.parent / "state"),
     ]  # fmt: skip
 
 

@@ -5,7 +5,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from turnout.errors import ModelNotFound, ModelNotReady, quoted
+from turnout.errors import InvalidInput, ModelNotFound, ModelNotReady, quoted
 from turnout.models.loader import VersionSpec, load_version
 from turnout.models.runner import ModelRunner
 from turnout.models.types import VersionState
@@ -54,6 +54,47 @@ class ModelRepository:
             log.error("%s failed to load from %s: %s", entry.spec.label, entry.spec.path, exc)
         else:
             entry.state = VersionState.READY
+
+    async def load(self, spec: VersionSpec) -> VersionEntry:
+        """Load a version beside the others at run time; it serves once loaded and warmed up.
+        InvalidInput when that version is already present."""
+        versions = self._models.get(spec.name, {})
+        present = versions.get(spec.version)
+        if present is not None and present.state is not VersionState.UNAVAILABLE:
+            raise InvalidInput(
+                f"model {quoted(spec.name)} version {spec.version} is already "
+                f"{present.state.value.lower()}"
+            )
+        entry = VersionEntry(spec)
+        versions = {**versions, spec.version: entry}
+        self._models[spec.name] = dict(
+            sorted(versions.items(), key=lambda kv: version_order(kv[0]))
+        )
+        await self._load(entry)
+        return entry
+
+    async def unload(self, name: str, version: str) -> None:
+        """Stop serving a version: new requests are refused at once (ModelNotReady), those
+        already queued or running finish, then its instances close and it is removed."""
+        entry = self.entry(name, version)
+        if entry.state is not VersionState.READY or entry.runner is None:
+            raise InvalidInput(
+                f"model {quoted(name)} version {version} is {entry.state.value.lower()}"
+            )
+        entry.state = VersionState.UNLOADING
+        runner = entry.runner
+        await runner.settle()
+        await asyncio.to_thread(runner.close)
+        entry.runner = None
+        remaining = {v: e for v, e in self._models[name].items() if v != version}
+        if remaining:
+            self._models[name] = remaining
+        else:
+            del self._models[name]
+
+    def has_model(self, name: str) -> bool:
+        """Whether a model of that name is configured."""
+        return name in self._models
 
     def names(self) -> list[str]:
         """Model names in config order."""

@@ -166,6 +166,10 @@ class ModelRunner:
         for instance in self._instances:
             instance.run_now(feed, list(self._all_outputs))
 
+    async def settle(self) -> None:
+        """Return once no request is queued or running on this version."""
+        await self._scheduler.settle()
+
     def close(self) -> None:
         """Let queued runs finish, then stop the instances' threads."""
         for instance in self._instances:

@@ -105,6 +105,8 @@ class Scheduler:
         self._counters = counters
         self._queue: deque[_Pending] = deque()
         self._delay_timer: asyncio.TimerHandle | None = None
+        self._running = 0
+        self._settled: asyncio.Event | None = None
 
     async def submit(
         self, feed: Feed, rows: int, outputs: tuple[str, ...], deadline: float | None
@@ -139,6 +141,17 @@ class Scheduler:
                 counters.abandoned += 1
             raise
 
+    async def settle(self) -> None:
+        """Return once nothing is queued or running."""
+        while self._counters.queued or self._running:
+            self._settled = self._settled or asyncio.Event()
+            self._settled.clear()
+            await self._settled.wait()
+
+    def _check_settled(self) -> None:
+        if self._settled is not None and not self._counters.queued and not self._running:
+            self._settled.set()
+
     def _key(self, feed: Feed) -> tuple[Any, ...]:
         """What must match for two requests to share a run: every input's datatype and shape
         past the batch dimension."""
@@ -151,6 +164,7 @@ class Scheduler:
         self._counters.queued -= 1
         if entry.timer is not None:
             entry.timer.cancel()
+        self._check_settled()
 
     def _expire(self, entry: _Pending) -> None:
         if entry.state is _State.QUEUED and not entry.future.done():
@@ -258,6 +272,7 @@ class Scheduler:
             except RuntimeError:  # the loop closed while this ran: nobody waits any more
                 return
 
+        self._running += 1
         instance.submit(feed, list(outputs), done)
 
     def _gather(self, instance: OrtInstance, batch: list[_Pending]) -> Feed:
@@ -283,6 +298,7 @@ class Scheduler:
         error: BaseException | None,
     ) -> None:
         self._idle.append(instance)
+        self._running -= 1
         try:
             if result is None:
                 self._fail(batch, error or RuntimeError("a run ended without a result"))
@@ -290,6 +306,7 @@ class Scheduler:
                 self._deliver(batch, outputs, rows, gather_seconds, result)
         finally:
             self._dispatch()
+            self._check_settled()
 
     def _fail(self, batch: list[_Pending], error: BaseException) -> None:
         if isinstance(error, OrtInvalidArgument | OrtFail):

@@ -30,9 +30,11 @@ class InferenceRequest:
 
 @dataclass(slots=True)
 class InferenceResponse:
-    """The outputs of a request, the model version that produced them and how it ran."""
+    """The outputs of a request, the model version that produced them, how it ran, and the id
+    to echo (the request's, or one the router gave it)."""
 
     endpoint: str
     version: str
     outputs: dict[str, np.ndarray]
     stats: RunStats
+    request_id: str = ""

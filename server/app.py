@@ -19,16 +19,22 @@ import uvicorn
 
 from turnout.models.repository import ModelRepository
 from turnout.protos import inference_pb2_grpc as pb_grpc
+from turnout.protos import turnout_pb2_grpc as turnout_grpc
 from turnout.router.router import Router
+from turnout.router.state import StateStore
+from turnout.server.admin_auth import AdminTokens
 from turnout.server.config import Config, ListenConfig
 from turnout.server.dataplane import DataPlane
+from turnout.server.grpc.feedback import FeedbackServicer
 from turnout.server.grpc.servicer import InferenceServicer
+from turnout.server.http.admin import OpsEndpoints
 from turnout.server.http.app import HttpFrontEnd
 from turnout.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 EXIT_FORCED = 1
+DEFAULT_STATE_DIR = "turnout-state"
 
 
 class _HttpServer(uvicorn.Server):
@@ -47,15 +53,29 @@ class Gateway:
         self.metrics = Metrics()
         self.repository = ModelRepository(config.version_specs())
         self.metrics.watch(self.repository)
-        self.router = Router(self.repository)
+        self.store = StateStore(config.state_dir or Path(DEFAULT_STATE_DIR))
+        self.router = Router(
+            self.repository,
+            config.routes,
+            self.store,
+            config.feedback.ttl_s,
+            config.feedback.max_entries,
+        )
+        self.metrics.watch_router(self.router)
         self.plane = DataPlane(self.repository, self.router, self.metrics)
+        tokens = AdminTokens.load(os.environ, config.admin.token_file)
+        log.info(
+            "admin API %s", "off (no token configured)" if tokens is None else "on, under /admin/"
+        )
+        ops = OpsEndpoints(self.plane, tokens, config.admin.allowed_origins, config.model_root)
+        self._background: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         server = config.server
         self._http_socket = _bind(server.http)
         self.http_port: int = self._http_socket.getsockname()[1]
         self._http = _HttpServer(
             uvicorn.Config(
-                HttpFrontEnd(self.plane, server.max_request_bytes).app(),
+                HttpFrontEnd(self.plane, server.max_request_bytes, ops).app(),
                 http="httptools",
                 lifespan="off",
                 # Client addresses are not used, and trusting X-Forwarded-For is a choice for
@@ -75,6 +95,7 @@ class Gateway:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.plane), self._grpc
         )
+        turnout_grpc.add_FeedbackServicer_to_server(FeedbackServicer(self.plane), self._grpc)
         self.grpc_port: int = self._grpc.add_insecure_port(f"{server.grpc.host}:{server.grpc.port}")
 
     def request_stop(self) -> None:
@@ -101,6 +122,8 @@ class Gateway:
             self.grpc_port,
         )
         await self.repository.load_all()
+        await asyncio.to_thread(self.router.restore)
+        self._background = asyncio.create_task(self.router.run_background())
         # What exists now (sessions, modules, config) lives as long as the process: keeping it
         # out of the collector's generations makes the collections that requests trigger cheap.
         gc.freeze()
@@ -121,6 +144,10 @@ class Gateway:
         await asyncio.gather(self._grpc.stop(grace), http_task)
         if not await self.plane.wait_idle(grace):
             log.warning("grace period over with requests still in flight")
+        if self._background is not None:
+            self._background.cancel()
+        await self.router.shadows.drain()
+        await self.router.save_bandits()
         await asyncio.to_thread(self.repository.close)
         log.info("stopped")
 

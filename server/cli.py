@@ -10,6 +10,7 @@ from pathlib import Path
 import uvloop
 
 from turnout import __version__
+from turnout.server import routes_cli
 from turnout.server.app import serve
 from turnout.server.config import Config, ConfigError, ListenConfig, ServerConfig, load_config
 from turnout.server.demo import write_demo
@@ -60,12 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, metavar="N", help="overrides the config")
     serve.add_argument("--grpc-port", type=int, metavar="N", help="overrides the config")
     serve.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where routes changed at run time, bandit statistics and the audit log are kept "
+        "(default: the config's state_dir, else ./turnout-state)",
+    )
+    serve.add_argument(
         "--ready-file",
         type=Path,
         metavar="FILE",
         help="once models are loaded, write the bound ports here as JSON",
     )
     serve.set_defaults(command=_serve)
+    routes_cli.add_commands(commands)
     return parser
 
 
@@ -80,7 +89,10 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     else:
         config = config_from_repository(args.model_repository, ServerConfig())
+        config = config.model_copy(update={"model_root": args.model_repository.resolve()})
     config = _with_ports(config, args.http_port, args.grpc_port)
+    if args.state_dir is not None:
+        config = config.model_copy(update={"state_dir": args.state_dir.resolve()})
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(serve(config, args.ready_file))
 

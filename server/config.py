@@ -1,14 +1,12 @@
 """turnout.yaml: the one config schema, loaded safely and validated with errors that name the
 field path (``models[1].path: file not found``)."""
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     StrictInt,
@@ -23,16 +21,10 @@ from turnout.models.cache import CacheSettings
 from turnout.models.loader import InstanceGroup, VersionSpec
 from turnout.models.providers import Device
 from turnout.models.session import SessionSettings
+from turnout.router.specs import RouteConfig
+from turnout.schema import NAME_PATTERN, VERSION_PATTERN, Strict, describe_errors, version_text
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-VERSION_PATTERN = r"^[1-9][0-9]{0,18}$"
 MiB = 1024 * 1024
-_PATTERN_PROBLEMS = {
-    NAME_PATTERN: (
-        "must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
-    ),
-    VERSION_PATTERN: "must be a positive integer",
-}
 _Schema = TypeVar("_Schema", bound=BaseModel)
 
 
@@ -45,18 +37,14 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ListenConfig(_Strict):
+class ListenConfig(Strict):
     """A listening address; port 0 asks the OS for a free port."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)]
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     """Listeners and limits of the process."""
 
     http: ListenConfig = ListenConfig(port=8000)
@@ -65,7 +53,7 @@ class ServerConfig(_Strict):
     drain_timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
 
-class SessionConfig(_Strict):
+class SessionConfig(Strict):
     """ONNX Runtime session options."""
 
     intra_op_threads: Annotated[int, Field(ge=0)] = 0
@@ -83,7 +71,7 @@ def _instances_form(value: Any) -> str:
     return _INSTANCE_GROUPS if isinstance(value, list) else _INSTANCE_COUNT
 
 
-class InstanceGroupConfig(_Strict):
+class InstanceGroupConfig(Strict):
     """Triton-style instances: ``count`` on the CPU, or ``count`` on each GPU of ``gpus``."""
 
     kind: Literal["cpu", "gpu"]
@@ -103,22 +91,22 @@ class InstanceGroupConfig(_Strict):
         return [InstanceGroup(Device("cuda", gpu), self.count) for gpu in self.gpus or [0]]
 
 
-class DynamicBatchingConfig(_Strict):
+class DynamicBatchingConfig(Strict):
     """Triton's dynamic batcher: on by default wherever the model has a batch dimension."""
 
     enabled: bool = True
     max_queue_delay_us: Annotated[int, Field(ge=0, le=10_000_000)] = 0
-    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = []
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
 
 
-class CacheConfig(_Strict):
+class CacheConfig(Strict):
     """The result cache of a version (off unless given)."""
 
     max_bytes: Annotated[int, Field(gt=0)]
     ttl_s: Annotated[float, Field(gt=0)] = 300.0
 
 
-class ModelSettings(_Strict):
+class ModelSettings(Strict):
     """How one model version is run; in model-repository mode, the whole of a model's
     ``turnout.yaml``."""
 
@@ -210,11 +198,7 @@ class ModelEntry(ModelSettings):
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> str:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, str):
-            return value
-        raise ValueError(_PATTERN_PROBLEMS[VERSION_PATTERN])
+        return version_text(value)
 
     @field_validator("path")
     @classmethod
@@ -230,14 +214,52 @@ class ModelEntry(ModelSettings):
         return self.version_spec(self.name, self.version, self.path)
 
 
-class Config(_Strict):
+class AdminConfig(Strict):
+    """The admin API: on when a token is configured (this file, or TURNOUT_ADMIN_TOKEN)."""
+
+    token_file: Path | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        base = (info.context or {}).get("base_dir")
+        path = value if value.is_absolute() or base is None else Path(base) / value
+        if not path.is_file():
+            raise ValueError("file not found")
+        return path.resolve()
+
+
+class FeedbackConfig(Strict):
+    """How long served request ids are remembered for rewards."""
+
+    ttl_s: Annotated[float, Field(gt=0)] = 3600.0
+    max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+
+
+class Config(Strict):
     """The whole of turnout.yaml."""
 
     server: ServerConfig = ServerConfig()
     models: Annotated[list[ModelEntry], Field(min_length=1)]
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    admin: AdminConfig = AdminConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    state_dir: Path | None = None
+    model_root: Path | None = None
+
+    @field_validator("state_dir", "model_root")
+    @classmethod
+    def _relative_to_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        base = (info.context or {}).get("base_dir")
+        if value is None or value.is_absolute() or base is None:
+            return value
+        return (Path(base) / value).resolve()
 
     @model_validator(mode="after")
-    def _unique_versions(self) -> "Config":
+    def _consistent(self) -> "Config":
         seen: dict[tuple[str, str], int] = {}
         for index, entry in enumerate(self.models):
             key = (entry.name, entry.version)
@@ -247,6 +269,12 @@ class Config(_Strict):
                     f"is already models[{seen[key]}]"
                 )
             seen[key] = index
+        for endpoint, route in self.routes.items():
+            versions = {version for name, version in seen if name == endpoint}
+            if not versions:
+                raise ValueError(f"routes.{endpoint}: no model of that name is configured")
+            for version in sorted(route.versions() - versions, key=int):
+                raise ValueError(f"routes.{endpoint}: model {endpoint} has no version {version}")
         return self
 
     def version_specs(self) -> list[VersionSpec]:
@@ -295,34 +323,7 @@ def validate_as(schema: type[_Schema], data: Any, source: Path, base_dir: Path) 
     try:
         return schema.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(str(source), [_describe(error) for error in exc.errors()]) from None
-
-
-def _describe(error: Any) -> str:
-    path = _field_path(error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        message = "unknown field"
-    elif kind == "missing":
-        message = "required"
-    elif kind == "value_error":
-        message = str(error["ctx"]["error"])
-    elif kind == "string_pattern_mismatch":
-        message = _PATTERN_PROBLEMS[error["ctx"]["pattern"]]
-    else:
-        message = error["msg"]
-    return f"{path}: {message}" if path else message
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for previous, part in zip((None, *loc), loc, strict=False):
-        if previous == "instances" and part in (_INSTANCE_COUNT, _INSTANCE_GROUPS):
-            continue  # the union's tag, not a field
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
-            path += f".{part}" if path else str(part)
-        else:
-            path += f"[{part!r}]"
-    return path
+        raise ConfigError(
+            str(source),
+            describe_errors(exc, {"instances": (_INSTANCE_COUNT, _INSTANCE_GROUPS)}),
+        ) from None

@@ -12,7 +12,8 @@ from types import TracebackType
 from typing import Any
 
 from turnout import __version__
-from turnout.errors import InternalError, Unavailable
+from turnout.errors import InternalError, InvalidInput, Unavailable, quoted
+from turnout.models.loader import VersionSpec
 from turnout.models.repository import ModelRepository, VersionEntry
 from turnout.models.types import RunStats, VersionState
 from turnout.router.router import Router
@@ -52,7 +53,6 @@ class DataPlane:
             )
         self._idle = asyncio.Event()
         self._idle.set()
-        self._endpoints = frozenset(repository.names())
 
     def is_ready(self) -> bool:
         """Whether the server takes inference requests: every model loaded and not draining."""
@@ -99,6 +99,43 @@ class DataPlane:
             views.append(statistics.view(name, version_name, runner.counters if runner else None))
         return views
 
+    async def load_version(self, spec: VersionSpec, who: str) -> dict[str, Any]:
+        """Load a version beside the live ones; routes see it once it is ready."""
+        entry = await self.repository.load(spec)
+        self.router.refresh(spec.name)
+        self.publish_model_states()
+        outcome = {"model": spec.name, "version": spec.version, "state": entry.state.value}
+        if entry.reason:
+            outcome["reason"] = entry.reason
+        await self.router.audit_event(who, "load", spec.name, None, outcome)
+        return outcome
+
+    async def unload_version(self, endpoint: str, version: str, who: str) -> dict[str, Any]:
+        """Unload a version no route sends traffic to, after its requests finish."""
+        self.repository.entry(endpoint, version)
+        if version in self.router.versions_in_use(endpoint):
+            raise InvalidInput(
+                f"the route of {quoted(endpoint)} sends traffic to version {version}; "
+                "change the route first"
+            )
+        await self.repository.unload(endpoint, version)
+        self.router.refresh(endpoint)
+        self.publish_model_states()
+        outcome = {"model": endpoint, "version": version, "state": "UNLOADED"}
+        await self.router.audit_event(who, "unload", endpoint, None, outcome)
+        return outcome
+
+    def repository_index(self) -> list[dict[str, str]]:
+        """Every model version and its state, as Triton's repository index lists them."""
+        index = []
+        for entry in self.repository.entries():
+            item = {"name": entry.spec.name, "version": entry.spec.version}
+            item["state"] = entry.state.value
+            if entry.reason:
+                item["reason"] = entry.reason
+            index.append(item)
+        return index
+
     def internal_error(self, error: BaseException, request_id: str) -> InternalError:
         """Log an unexpected fault with a request id and return the error the client sees."""
         request_id = request_id or uuid.uuid4().hex
@@ -136,14 +173,18 @@ class DataPlane:
             self._idle.set()
         finished = time.perf_counter()
         total = finished - scope.started
-        endpoint = scope.endpoint if scope.endpoint in self._endpoints else UNKNOWN
+        known = self.repository.has_model(scope.endpoint)
+        endpoint = scope.endpoint if known else UNKNOWN
         series = self.metrics.series(endpoint, scope.version or "", scope.protocol)
         run = scope.run
-        if error is None and run is not None:
+        status = "success" if error is None and run is not None else _status(error)
+        if status == "success" and run is not None:
             compute_input = scope.dispatched - scope.started
             series.succeeded(total, compute_input, finished - scope.returned, run)
         else:
-            series.failed(_status(error), total, run)
+            series.failed(status, total, run)
+        if known and scope.version:
+            self.router.finished(endpoint, scope.version, total, status)
 
 
 def _status(error: BaseException | None) -> str:

@@ -96,8 +96,10 @@ def write_demo(directory: Path) -> Path:
 
 _DEMO_CONFIG = f"""\
 # Written by `turnout demo`. Serve it with: turnout serve --config turnout.yaml
-# Two versions of one classifier; the endpoint "{DEMO_MODEL}" routes to its highest version, and
-# /v2/models/{DEMO_MODEL}/versions/N/infer pins a version.
+# Two versions of one classifier behind one endpoint, "{DEMO_MODEL}", as a canary: 90 % of
+# requests go to version 1 and 10 % to version 2 (sticky per x-routing-key header).
+# /v2/models/{DEMO_MODEL}/versions/N/infer pins a version. Set TURNOUT_ADMIN_TOKEN to change the
+# route at run time (turnout routes --help).
 server:
   http: {{host: 127.0.0.1, port: 8000}}
   grpc: {{host: 127.0.0.1, port: 8001}}
@@ -108,4 +110,8 @@ models:
   - name: {DEMO_MODEL}
     version: 2
     path: models/{DEMO_MODEL}/2/model.onnx
+routes:
+  {DEMO_MODEL}: {{policy: canary, weights: {{"1": 90, "2": 10}}}}
+state_dir: state
+model_root: models
 """

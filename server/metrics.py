@@ -22,6 +22,7 @@ from turnout import errors
 from turnout.models.accounting import Histogram
 from turnout.models.repository import ModelRepository
 from turnout.models.types import RunStats
+from turnout.router.router import Router
 from turnout.server.statistics import Statistics, VersionStatistics
 
 UNKNOWN = "_unknown"
@@ -32,6 +33,9 @@ _STATUS_OF_ERROR: tuple[tuple[type[BaseException], str], ...] = (
     (errors.UnsupportedMediaType, "unsupported_media_type"),
     (errors.InvalidInput, "invalid_input"),
     (errors.PayloadTooLarge, "payload_too_large"),
+    (errors.AlreadyRecorded, "already_recorded"),
+    (errors.Unauthenticated, "unauthenticated"),
+    (errors.PermissionDenied, "permission_denied"),
     (errors.ModelNotFound, "not_found"),
     (errors.ModelNotReady, "model_not_ready"),
     (errors.Unavailable, "unavailable"),
@@ -122,6 +126,10 @@ class Metrics:
     def watch(self, repository: ModelRepository) -> None:
         """Export the scheduler and cache counters of the repository's versions."""
         self.registry.register(_ModelCollector(repository))
+
+    def watch_router(self, router: Router) -> None:
+        """Export the routes' state: policies, shadow comparisons, bandit arms, rollouts."""
+        self.registry.register(_RouterCollector(router))
 
     def series(self, endpoint: str, version: str, protocol: str) -> RequestSeries:
         """The series of one endpoint, version ("" before one was chosen) and protocol."""
@@ -230,3 +238,80 @@ class _ModelCollector(Collector):
                 cached_bytes.add_metric(key, counts.cache.bytes)
         yield from (batch_size, queue_time, queue_depth, rejected, expired, abandoned)
         yield from (hits, misses, evictions, cached_bytes)
+
+
+class _RouterCollector(Collector):
+    """Turns the router's counters into Prometheus families."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def collect(self) -> Iterator[Metric]:
+        router = self._router
+        shadow_labels = ["endpoint", "version"]
+        arm_labels = ["endpoint", "arm"]
+        policy = GaugeMetricFamily(
+            "turnout_route_info",
+            "The policy of each endpoint's route.",
+            labels=["endpoint", "policy"],
+        )
+        mirrored = CounterMetricFamily(
+            "turnout_shadow_mirrored", "Requests copied to a shadow version.", labels=shadow_labels
+        )
+        dropped = CounterMetricFamily(
+            "turnout_shadow_dropped",
+            "Shadow copies dropped because too many were in flight.",
+            labels=shadow_labels,
+        )
+        failed = CounterMetricFamily(
+            "turnout_shadow_errors", "Shadow copies that failed.", labels=shadow_labels
+        )
+        difference = HistogramMetricFamily(
+            "turnout_shadow_max_abs_diff",
+            "Largest absolute difference between a shadow's outputs and the primary's.",
+            labels=shadow_labels,
+        )
+        agreement = GaugeMetricFamily(
+            "turnout_shadow_top1_agreement",
+            "Share of rows whose top-1 class the shadow and the primary agree on.",
+            labels=shadow_labels,
+        )
+        pulls = CounterMetricFamily(
+            "turnout_bandit_pulls", "Requests a bandit sent to each arm.", labels=arm_labels
+        )
+        rewards = CounterMetricFamily(
+            "turnout_bandit_rewards", "Rewards received per arm.", labels=arm_labels
+        )
+        estimate = GaugeMetricFamily(
+            "turnout_bandit_reward_estimate", "Mean reward per arm so far.", labels=arm_labels
+        )
+        percent = GaugeMetricFamily(
+            "turnout_rollout_canary_percent",
+            "Share of traffic a guarded rollout gives its canary now.",
+            labels=["endpoint"],
+        )
+        rollbacks = CounterMetricFamily(
+            "turnout_rollout_rollbacks", "Guarded rollouts rolled back.", labels=["endpoint"]
+        )
+        for endpoint, route in router.routes().items():
+            policy.add_metric([endpoint, route.config.policy], 1)
+            if route.bandit is not None:
+                estimates = route.bandit.estimates()
+                for arm, stats in route.bandit.stats.items():
+                    pulls.add_metric([endpoint, arm], stats.pulls)
+                    rewards.add_metric([endpoint, arm], stats.rewards)
+                    estimate.add_metric([endpoint, arm], estimates[arm])
+            if route.rollout is not None:
+                percent.add_metric([endpoint], route.rollout.percent)
+                rollbacks.add_metric([endpoint], router.rollbacks.get(endpoint, 0))
+        for (endpoint, version), counters in router.shadows.counters.items():
+            key = [endpoint, version]
+            mirrored.add_metric(key, counters.mirrored)
+            dropped.add_metric(key, counters.dropped)
+            failed.add_metric(key, counters.errors)
+            histogram = counters.max_abs_diff
+            difference.add_metric(key, _buckets(histogram), histogram.total)
+            if counters.top1_rows:
+                agreement.add_metric(key, counters.top1_agreed / counters.top1_rows)
+        yield from (policy, mirrored, dropped, failed, difference, agreement)
+        yield from (pulls, rewards, estimate, percent, rollbacks)

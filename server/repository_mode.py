@@ -9,9 +9,9 @@ import logging
 import re
 from pathlib import Path
 
+from turnout.errors import InvalidInput, ModelNotFound, PermissionDenied, quoted
+from turnout.schema import NAME_PATTERN, PATTERN_PROBLEMS, VERSION_PATTERN
 from turnout.server.config import (
-    NAME_PATTERN,
-    VERSION_PATTERN,
     Config,
     ConfigError,
     ModelEntry,
@@ -74,3 +74,33 @@ def _model_versions(model_dir: Path) -> list[ModelEntry]:
             )
         )
     return entries
+
+
+def version_in_root(root: Path, model: str, version: str) -> ModelEntry:
+    """The entry of ``root/<model>/<version>/model.onnx``, with that model's settings file.
+
+    InvalidInput for malformed names, PermissionDenied when the files resolve outside ``root``
+    (a symbolic link, say), ModelNotFound when there is no such file."""
+    if not re.fullmatch(NAME_PATTERN, model):
+        raise InvalidInput(f"model name {quoted(model)} {PATTERN_PROBLEMS[NAME_PATTERN]}")
+    if not re.fullmatch(VERSION_PATTERN, version):
+        raise InvalidInput(f"version {quoted(version)} {PATTERN_PROBLEMS[VERSION_PATTERN]}")
+    base = root.resolve()
+    model_dir = base / model
+    path = (model_dir / version / MODEL_FILE).resolve()
+    if not path.is_relative_to(base) or not model_dir.resolve().is_relative_to(base):
+        raise PermissionDenied(f"model {quoted(model)} version {version} is outside the model root")
+    if not path.is_file():
+        raise ModelNotFound(f"no {MODEL_FILE} for model {quoted(model)} version {version}")
+    settings_file = model_dir / SETTINGS_FILE
+    try:
+        settings = (
+            validate_as(ModelSettings, read_yaml(settings_file), settings_file, model_dir)
+            if settings_file.is_file()
+            else ModelSettings()
+        )
+    except ConfigError as error:
+        raise InvalidInput(
+            f"{SETTINGS_FILE} of model {quoted(model)}: {'; '.join(error.problems)}"
+        ) from None
+    return ModelEntry(name=model, version=version, path=path, **settings.model_dump())

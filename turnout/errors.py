@@ -22,6 +22,18 @@ class UnsupportedMediaType(InvalidInput):
     """The request body is in a format Turnout does not read."""
 
 
+class AlreadyRecorded(TurnoutError):
+    """The thing sent once already (a reward for a request) cannot be sent again."""
+
+
+class Unauthenticated(TurnoutError):
+    """The admin credentials are missing or wrong."""
+
+
+class PermissionDenied(TurnoutError):
+    """The caller is known but may not do this (a cross-origin admin request, say)."""
+
+
 class PayloadTooLarge(TurnoutError):
     """The request is larger than the configured limit."""
 

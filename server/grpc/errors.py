@@ -1,5 +1,7 @@
 """The one table from Turnout's errors to gRPC status codes."""
 
+from typing import NoReturn
+
 import grpc
 
 from turnout import errors
@@ -9,6 +11,9 @@ from turnout import errors
 GRPC_STATUS: tuple[tuple[type[errors.TurnoutError], grpc.StatusCode], ...] = (
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.AlreadyRecorded, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
@@ -24,3 +29,9 @@ def code_for(error: errors.TurnoutError) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+async def abort(context: grpc.aio.ServicerContext, error: errors.TurnoutError) -> NoReturn:
+    """End the RPC with the error's status and message."""
+    await context.abort(code_for(error), error.message)
+    raise AssertionError("unreachable: abort raises")

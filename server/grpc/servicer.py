@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -18,7 +18,7 @@ from turnout.server.grpc.codec import (
     metadata_message,
     statistics_message,
 )
-from turnout.server.grpc.errors import code_for
+from turnout.server.grpc.errors import abort
 from turnout.server.model_views import config_view, metadata_view
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request, context.time_remaining(), _routing_key(context))
         except TurnoutError as error:
-            await _abort(context, error)
+            await abort(context, error)
         except Exception as error:
-            await _abort(context, self._plane.internal_error(error, request.id))
+            await abort(context, self._plane.internal_error(error, request.id))
 
     async def ModelStreamInfer(
         self,
@@ -156,7 +156,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         with self._plane.request("grpc", request.model_name) as scope:
             inference = decode_request(request, remaining_s, routing_key)
             response = await self._plane.infer(inference, scope)
-            return encode_response(response, request.id)
+            return encode_response(response, response.request_id)
 
     async def _answer(
         self, context: grpc.aio.ServicerContext, build: Callable[[], _Reply]
@@ -164,7 +164,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return build()
         except TurnoutError as error:
-            await _abort(context, error)
+            await abort(context, error)
 
 
 def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
@@ -181,8 +181,3 @@ def _routing_key(context: grpc.aio.ServicerContext) -> str | None:
         if key == ROUTING_KEY_METADATA:
             return value if isinstance(value, str) else value.decode(errors="replace")
     return None
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: TurnoutError) -> NoReturn:
-    await context.abort(code_for(error), error.message)
-    raise AssertionError("unreachable: abort raises")

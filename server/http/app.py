@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive
 
 from turnout.errors import TurnoutError
 from turnout.server.dataplane import DataPlane
+from turnout.server.http.admin import OpsEndpoints
 from turnout.server.http.errors import error_response, json_error
 from turnout.server.http.infer import InferEndpoint, Scope, Send, infer_path
 from turnout.server.model_views import config_view, metadata_view
@@ -33,9 +34,10 @@ def _json(document: Any, status: int = 200) -> Response:
 class HttpFrontEnd:
     """Builds the starlette application over a data plane."""
 
-    def __init__(self, plane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(self, plane: DataPlane, max_request_bytes: int, ops: OpsEndpoints) -> None:
         self._plane = plane
         self._max_request_bytes = max_request_bytes
+        self._ops = ops
 
     def app(self) -> ASGIApp:
         """The ASGI application."""
@@ -58,6 +60,7 @@ class HttpFrontEnd:
             Route(f"{model}/stats", self._guarded(self.statistics), methods=["GET"]),
             Route(f"{version}/stats", self._guarded(self.statistics), methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
+            *self._ops.routes(),
         ]
         api = Starlette(
             routes=routes,

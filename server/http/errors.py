@@ -12,6 +12,9 @@ HTTP_STATUS: tuple[tuple[type[errors.TurnoutError], int], ...] = (
     (errors.UnsupportedMediaType, 415),
     (errors.InvalidInput, 400),
     (errors.PayloadTooLarge, 413),
+    (errors.AlreadyRecorded, 409),
+    (errors.Unauthenticated, 401),
+    (errors.PermissionDenied, 403),
     (errors.ModelNotFound, 404),
     (errors.ModelNotReady, 503),
     (errors.Unavailable, 503),
@@ -33,6 +36,8 @@ def error_headers(error: errors.TurnoutError) -> dict[str, str]:
     """Headers an error response carries beside its body."""
     if isinstance(error, errors.Overloaded):
         return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
+    if isinstance(error, errors.Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
     if isinstance(error, errors.PayloadTooLarge):
         # The rest of the body is never read, so the connection cannot carry another request.
         return {"Connection": "close"}

@@ -67,7 +67,7 @@ class InferEndpoint:
                 response = await _unless_disconnected(
                     receive, self._plane.infer(decoded.request, tracked)
                 )
-                encoded = encode_response(response, request_id, decoded)
+                encoded = encode_response(response, response.request_id, decoded)
         except TurnoutError as error:
             await _respond_error(send, error)
             return

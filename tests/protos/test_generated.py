@@ -18,9 +18,10 @@ from google.protobuf.descriptor import (
 )
 
 from turnout.protos import inference_pb2
-from turnout.protos.generate import GENERATED, PROTO_DIR, generate
+from turnout.protos.generate import PROTO_DIR, PROTOS, generate, generated_files
 
 OURS = inference_pb2.DESCRIPTOR
+GENERATED = [name for proto in PROTOS for name in generated_files(proto)]
 SERVICE = "GRPCInferenceService"
 
 
@@ -40,8 +41,7 @@ def test_committed_file_matches_the_proto(regenerated: Path, name: str) -> None:
     committed = (PROTO_DIR / name).read_bytes()
 
     assert fresh == committed, (
-        f"protos/{name} differs from what inference.proto gives; "
-        "run python -m turnout.protos.generate"
+        f"protos/{name} differs from what its .proto gives; run python -m turnout.protos.generate"
     )
 
 

@@ -26,6 +26,13 @@ EXPECTED = [
     pytest.param(
         errors.PayloadTooLarge, 413, grpc.StatusCode.RESOURCE_EXHAUSTED, id="PayloadTooLarge"
     ),
+    pytest.param(errors.AlreadyRecorded, 409, grpc.StatusCode.ALREADY_EXISTS, id="AlreadyRecorded"),
+    pytest.param(
+        errors.Unauthenticated, 401, grpc.StatusCode.UNAUTHENTICATED, id="Unauthenticated"
+    ),
+    pytest.param(
+        errors.PermissionDenied, 403, grpc.StatusCode.PERMISSION_DENIED, id="PermissionDenied"
+    ),
     pytest.param(errors.ModelNotFound, 404, grpc.StatusCode.NOT_FOUND, id="ModelNotFound"),
     pytest.param(errors.ModelNotReady, 503, grpc.StatusCode.UNAVAILABLE, id="ModelNotReady"),
     pytest.param(errors.Unavailable, 503, grpc.StatusCode.UNAVAILABLE, id="Unavailable"),
@@ -172,6 +179,12 @@ def test_only_overloaded_carries_retry_after(
     kind: type[errors.TurnoutError], http_status: int, grpc_code: Any
 ) -> None:
     assert "retry-after" not in error_response(_instance(kind)).headers
+
+
+def test_unauthenticated_asks_for_a_bearer_token() -> None:
+    response = error_response(errors.Unauthenticated("the admin token is not valid"))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
 
 
 def test_payload_too_large_closes_the_connection() -> None:

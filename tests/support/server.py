@@ -1,6 +1,7 @@
 """A real ``turnout serve`` process on ephemeral loopback ports."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,12 +19,23 @@ class TurnoutProcess:
     """Starts ``python -m turnout serve ARGS`` and waits until it has loaded its models.
 
     ``program`` replaces ``python -m turnout`` (for example with the ``turnout`` console script).
+    Run-time state goes to ``workdir/state`` unless ``args`` name a ``--state-dir``; ``env``
+    replaces the environment (TURNOUT_ADMIN_TOKEN is never inherited).
     """
 
     def __init__(
-        self, args: list[str], workdir: Path, program: Sequence[str] | None = None
+        self,
+        args: list[str],
+        workdir: Path,
+        program: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        if "--state-dir" not in args:
+            args = [*args, "--state-dir", str(workdir / "state")]
+        environment = dict(os.environ if env is None else env)
+        if env is None:
+            environment.pop("TURNOUT_ADMIN_TOKEN", None)
         self.log_path = workdir / "turnout.log"
         ready_file = workdir / "ready.json"
         ready_file.unlink(missing_ok=True)
@@ -42,6 +54,7 @@ class TurnoutProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=environment,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready_file.exists():
