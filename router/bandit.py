@@ -53,13 +53,17 @@ class Bandit:
         rng: random.Random,
         stats: dict[str, ArmStats] | None = None,
     ) -> None:
+        """``stats`` is the endpoint's record of every arm ever pulled; the bandit reads and adds
+        to it (arms it lacks are added), so what a route learned outlives route changes."""
         self.algorithm = algorithm
         self.arms = arms
         self.reward_kind = reward_kind
         self.epsilon = epsilon
         self._rng = rng
-        known = stats or {}
-        self.stats = {arm: known.get(arm, ArmStats()) for arm in arms}
+        shared = stats if stats is not None else {}
+        for arm in arms:
+            shared.setdefault(arm, ArmStats())
+        self.stats = {arm: shared[arm] for arm in arms}
 
     def choose(self) -> str:
         """The arm for the next request (counted as a pull)."""

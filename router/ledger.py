@@ -54,15 +54,16 @@ class Rewards:
         return max(0.0, (self.total_squares - self.total**2 / self.count) / (self.count - 1))
 
     def interval(self) -> tuple[float, float] | None:
-        """The 95 % interval of the mean (Wilson's for 0/1 rewards), None before any."""
-        if self.count == 0:
-            return None
+        """The 95 % interval of the mean (Wilson's for 0/1 rewards); None before any reward,
+        and for real rewards before two."""
         z = 1.959963984540054
-        if self.binary:
+        if self.binary and self.count:
             p, n = self.mean, self.count
             centre = (p + z * z / (2 * n)) / (1 + z * z / n)
             half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-            return centre - half, centre + half
+            return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+        if self.count < 2:
+            return None
         half = z * math.sqrt(self.variance / self.count)
         return self.mean - half, self.mean + half
 

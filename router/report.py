@@ -58,7 +58,7 @@ def _version(account: VersionTraffic) -> dict[str, Any]:
 
 def _error_rates(first: str, a: VersionTraffic, second: str, b: VersionTraffic) -> dict[str, Any]:
     if a.requests == 0 or b.requests == 0:
-        return {"test": None, "verdict": "not enough data yet (no requests for one version)"}
+        return _untested("not enough data yet (no requests for one version)")
     test = two_proportions(a.errors, a.requests, b.errors, b.requests)
     rate_a = a.errors / a.requests if a.requests else 0.0
     rate_b = b.errors / b.requests if b.requests else 0.0
@@ -77,7 +77,7 @@ def _error_rates(first: str, a: VersionTraffic, second: str, b: VersionTraffic) 
 def _rewards(first: str, a: VersionTraffic, second: str, b: VersionTraffic) -> dict[str, Any]:
     ra, rb = a.rewards, b.rewards
     if ra.count == 0 or rb.count == 0:
-        return {"test": None, "verdict": "not enough data yet (no rewards for one version)"}
+        return _untested("not enough data yet (no rewards for one version)")
     better = first if ra.mean > rb.mean else second
     worse = second if better == first else first
     if ra.binary and rb.binary:
@@ -88,12 +88,17 @@ def _rewards(first: str, a: VersionTraffic, second: str, b: VersionTraffic) -> d
         test = welch(ra.mean, ra.variance, ra.count, rb.mean, rb.variance, rb.count)
         name = "Welch's t-test"
         needed = samples_for_means(ra.mean, rb.mean, max(ra.variance, rb.variance))
-    return {
-        "test": name,
-        "statistic": test.statistic,
-        "p_value": test.p_value,
-        "verdict": _verdict(test.p_value, better, worse, needed, min(ra.count, rb.count)),
-    }
+    have = min(ra.count, rb.count)
+    verdict = (
+        _verdict(test.p_value, better, worse, needed, have)
+        if have >= 2
+        else "not enough data yet (fewer than 2 rewards for one version)"
+    )
+    return {"test": name, "statistic": test.statistic, "p_value": test.p_value, "verdict": verdict}
+
+
+def _untested(verdict: str) -> dict[str, Any]:
+    return {"test": None, "statistic": None, "p_value": None, "verdict": verdict}
 
 
 def _verdict(p_value: float, better: str, worse: str, needed: int | None, have: int) -> str:

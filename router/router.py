@@ -3,6 +3,7 @@ atomic, persisted, audited); and the guarded rollouts and bandit statistics kept
 background."""
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import math
@@ -15,7 +16,7 @@ from typing import Any
 from turnout.errors import InvalidInput, ModelNotFound, quoted
 from turnout.models.repository import ModelRepository
 from turnout.models.types import ModelRequest, VersionState
-from turnout.router.bandit import arm_stats
+from turnout.router.bandit import ArmStats, arm_stats
 from turnout.router.feedback import ServedRequests
 from turnout.router.ledger import TrafficLedger
 from turnout.router.report import readout
@@ -59,10 +60,11 @@ class Router:
         self.served = ServedRequests(feedback_ttl_s, feedback_max_entries)
         self.shadows = ShadowMirror(repository, self._rng)
         self.rollbacks: dict[str, int] = {}
+        self._arm_stats: dict[str, dict[str, ArmStats]] = {}
         self._routes: dict[str, Route] = {}
         for name in repository.names():
             config = self._configured.get(name, RouteConfig(policy="latest"))
-            self._routes[name] = build_route(config, self._latest(name), self._rng)
+            self._routes[name] = self._build(name, config)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -223,8 +225,7 @@ class Router:
     ) -> dict[str, Any]:
         self._check_versions(endpoint, config)
         old = self._route(endpoint)
-        stats = old.bandit.stats if old.bandit is not None else None
-        route = build_route(config, self._latest(endpoint), self._rng, stats)
+        route = self._build(endpoint, config)
         history = list(self._history.get(endpoint, []))
         if undo:
             history.pop()
@@ -269,47 +270,51 @@ class Router:
         if route is None:
             self._route(endpoint)
             return
-        stats = route.bandit.stats if route.bandit is not None else None
         state = route.rollout.state if route.rollout is not None else None
-        refreshed = build_route(route.config, self._latest(endpoint), self._rng, stats, state)
-        self._routes = {**self._routes, endpoint: refreshed}
+        self._routes = {**self._routes, endpoint: self._build(endpoint, route.config, state)}
 
     # -- background ----------------------------------------------------------------------------
 
-    def restore(self) -> None:
+    async def restore(self) -> None:
         """Re-apply what ops changed before the last stop on top of the config's routes, and
-        the bandit statistics. Call once the models are loaded; blocks on file reads."""
+        the bandit statistics. Call once the models are loaded."""
         if self._store is None:
             return
-        saved = self._store.load_routes()
-        bandits = self._store.load_bandits()
-        for endpoint in self._routes:
+        saved = await asyncio.to_thread(self._store.load_routes)
+        bandits = await asyncio.to_thread(self._store.load_bandits)
+        for endpoint in list(self._routes):
             try:
                 self._restore(endpoint, saved.get(endpoint), bandits.get(endpoint))
             except (InvalidInput, ModelNotFound, KeyError, TypeError, ValueError) as error:
                 log.error("saved state of %r not applied (%s); using the config's", endpoint, error)
 
     def _restore(self, endpoint: str, saved: Any, bandit: Any) -> None:
-        route = self._routes[endpoint]
-        rollout_state = None
-        if isinstance(saved, dict):
-            config = parse_route(saved["route"], endpoint)
-            self._check_versions(endpoint, config)
-            self._history[endpoint] = [
-                parse_route(old, endpoint) for old in saved.get("history", [])
-            ]
-            if isinstance(saved.get("rollout"), dict):
-                rollout_state = RolloutState(
-                    step=int(saved["rollout"]["step"]),
-                    status=saved["rollout"]["status"],
-                    reason=str(saved["rollout"].get("reason", "")),
-                )
-            route = build_route(config, self._latest(endpoint), self._rng, None, rollout_state)
-        if isinstance(bandit, dict) and route.bandit is not None:
+        if isinstance(bandit, dict):
+            learned = self._arm_stats.setdefault(endpoint, {})
             for arm, document in bandit.items():
-                if arm in route.bandit.stats:
-                    route.bandit.stats[arm] = arm_stats(document)
-        self._routes = {**self._routes, endpoint: route}
+                learned[str(arm)] = arm_stats(document)
+        if not isinstance(saved, dict):
+            # Rebuilt so that a bandit route takes up the statistics just read.
+            self._routes = {
+                **self._routes,
+                endpoint: self._build(endpoint, self._routes[endpoint].config),
+            }
+            return
+        config = parse_route(saved["route"], endpoint)
+        self._check_versions(endpoint, config)
+        history = [parse_route(old, endpoint) for old in saved.get("history", [])]
+        rollout_state = None
+        if isinstance(saved.get("rollout"), dict):
+            status = saved["rollout"]["status"]
+            if status not in ("running", "completed", "rolled_back"):
+                raise ValueError(f"unknown rollout status {status!r}")
+            rollout_state = RolloutState(
+                step=int(saved["rollout"]["step"]),
+                status=status,
+                reason=str(saved["rollout"].get("reason", "")),
+            )
+        self._history[endpoint] = history
+        self._routes = {**self._routes, endpoint: self._build(endpoint, config, rollout_state)}
 
     async def run_background(self) -> None:
         """Judge rollouts and save bandit statistics, until cancelled."""
@@ -330,11 +335,14 @@ class Router:
             return
         self._bandits_dirty = False
         snapshot = {
-            endpoint: route.bandit.snapshot()
-            for endpoint, route in self._routes.items()
-            if route.bandit is not None
+            endpoint: {arm: dataclasses.asdict(stats) for arm, stats in arms.items()}
+            for endpoint, arms in self._arm_stats.items()
         }
-        await asyncio.to_thread(self._store.save_bandits, snapshot)
+        try:
+            await asyncio.to_thread(self._store.save_bandits, snapshot)
+        except BaseException:
+            self._bandits_dirty = True
+            raise
 
     async def _judge_rollouts(self) -> None:
         now = time.monotonic()
@@ -371,12 +379,25 @@ class Router:
         route = self._routes.get(endpoint)
         if route is None:
             self._repository.versions(endpoint)  # ModelNotFound for an unknown endpoint
-            route = build_route(RouteConfig(policy="latest"), self._latest(endpoint), self._rng)
+            route = self._build(endpoint, RouteConfig(policy="latest"))
             self._routes = {**self._routes, endpoint: route}
         return route
 
+    def _build(
+        self, endpoint: str, config: RouteConfig, rollout_state: RolloutState | None = None
+    ) -> Route:
+        arms = self._arm_stats.setdefault(endpoint, {})
+        return build_route(config, self._latest(endpoint), self._rng, arms, rollout_state)
+
     def _latest(self, endpoint: str) -> str:
-        return self._repository.versions(endpoint)[-1]
+        """The highest version that is ready (the highest of all while none is)."""
+        versions = self._repository.versions(endpoint)
+        ready = [
+            version
+            for version in versions
+            if self._repository.entry(endpoint, version).state is VersionState.READY
+        ]
+        return (ready or versions)[-1]
 
     async def _save(
         self, routes: Mapping[str, Route], history: Mapping[str, list[RouteConfig]]

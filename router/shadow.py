@@ -70,9 +70,15 @@ class ShadowMirror:
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
-        """Wait for the copies in flight (at shutdown)."""
+        """Wait for the copies in flight."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Abandon the copies in flight (shadows are best effort; shutdown does not wait)."""
+        for task in self._tasks:
+            task.cancel()
+        await self.drain()
 
     def _counters(self, endpoint: str, version: str) -> ShadowCounters:
         key = (endpoint, version)

@@ -11,6 +11,8 @@ the two it comes from.
 each optionally with ``"shadow": {"version": "3", "rate": 0.5}``.
 """
 
+import itertools
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -66,7 +68,7 @@ class RouteConfig(Strict):
 
     policy: Policy
     version: Version | None = None
-    weights: dict[Version, Annotated[float, Field(ge=0.0)]] | None = None
+    weights: dict[Version, Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] | None = None
     live: Version | None = None
     staged: Version | None = None
     algorithm: Literal["epsilon_greedy", "ucb1", "thompson"] | None = None
@@ -97,9 +99,12 @@ class RouteConfig(Strict):
     @field_validator("weights", mode="before")
     @classmethod
     def _weight_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {version_text(key): weight for key, weight in value.items()}
-        return value
+        if not isinstance(value, dict):
+            return value
+        weights = {version_text(key): weight for key, weight in value.items()}
+        if len(weights) != len(value):
+            raise ValueError("each version at most once")
+        return weights
 
     @model_validator(mode="after")
     def _fields_of_the_policy(self) -> "RouteConfig":
@@ -112,13 +117,15 @@ class RouteConfig(Strict):
             raise ValueError(f"{', '.join(missing)}: required by policy {self.policy}")
         if self.weights is not None and not any(self.weights.values()):
             raise ValueError("weights: at least one weight must be positive")
+        if self.weights is not None and not math.isfinite(sum(self.weights.values())):
+            raise ValueError("weights: their sum must be finite")
         if self.arms is not None and len(set(self.arms)) != len(self.arms):
             raise ValueError("arms: each version at most once")
         if self.live is not None and self.live == self.staged:
             raise ValueError("staged: must differ from live")
         if self.stable is not None and self.stable == self.canary:
             raise ValueError("canary: must differ from stable")
-        if self.steps is not None and self.steps != sorted(self.steps):
+        if self.steps is not None and any(a >= b for a, b in itertools.pairwise(self.steps)):
             raise ValueError("steps: must increase")
         return self
 
@@ -131,7 +138,7 @@ class RouteConfig(Strict):
         return {version for version in named if version is not None}
 
     def document(self) -> dict[str, Any]:
-        """The route as the admin API shows it (fields left at their defaults omitted)."""
+        """The route as the admin API shows it (fields the route does not give are omitted)."""
         return self.model_dump(exclude_none=True, mode="json")
 
 

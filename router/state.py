@@ -43,8 +43,14 @@ class StateStore:
 
     def append_audit(self, entry: dict[str, Any]) -> None:
         """Add one entry to the audit log."""
-        with (self.directory / AUDIT_FILE).open("a", encoding="utf-8") as audit:
-            audit.write(json.dumps(entry, sort_keys=True) + "\n")
+        path = self.directory / AUDIT_FILE
+        with path.open("a+b") as audit:
+            audit.seek(0, os.SEEK_END)
+            if audit.tell():
+                audit.seek(-1, os.SEEK_END)
+                if audit.read(1) != b"\n":
+                    audit.write(b"\n")  # after a torn last line, start a line of our own
+            audit.write(json.dumps(entry, sort_keys=True).encode() + b"\n")
             audit.flush()
             os.fsync(audit.fileno())
 
@@ -53,13 +59,15 @@ class StateStore:
         path = self.directory / AUDIT_FILE
         if not path.exists():
             return []
-        entries = []
-        for line in path.read_text(encoding="utf-8").splitlines()[-limit:]:
+        entries: list[dict[str, Any]] = []
+        for line in reversed(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+            if len(entries) == limit:
+                break
             try:
                 entries.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-        return entries
+        return entries[::-1]
 
     def _load(self, name: str) -> dict[str, Any]:
         path = self.directory / name

@@ -90,18 +90,22 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
 
 def samples_for_proportions(rate_a: float, rate_b: float) -> int | None:
     """Samples per group a two-proportion test needs to see this difference at 95 % with 80 %
-    power; None when the rates are equal."""
+    power (the pooled variance under the null, the separate ones under the alternative); None
+    when the rates are equal."""
     difference = rate_a - rate_b
-    if difference == 0:
+    if math.isclose(rate_a, rate_b, rel_tol=1e-9, abs_tol=1e-12):
         return None
-    variance = rate_a * (1 - rate_a) + rate_b * (1 - rate_b)
-    return math.ceil((Z_95 + Z_80_POWER) ** 2 * variance / difference**2)
+    pooled = (rate_a + rate_b) / 2
+    spread = Z_95 * math.sqrt(2 * pooled * (1 - pooled)) + Z_80_POWER * math.sqrt(
+        rate_a * (1 - rate_a) + rate_b * (1 - rate_b)
+    )
+    return max(2, math.ceil(spread**2 / difference**2))
 
 
 def samples_for_means(mean_a: float, mean_b: float, variance: float) -> int | None:
     """Samples per group a comparison of means needs at 95 % with 80 % power; None when the
-    means are equal."""
+    means are equal (to rounding)."""
     difference = mean_a - mean_b
-    if difference == 0:
+    if math.isclose(mean_a, mean_b, rel_tol=1e-9, abs_tol=1e-12):
         return None
-    return math.ceil(2 * (Z_95 + Z_80_POWER) ** 2 * variance / difference**2)
+    return max(2, math.ceil(2 * (Z_95 + Z_80_POWER) ** 2 * variance / difference**2))

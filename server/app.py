@@ -122,7 +122,7 @@ class Gateway:
             self.grpc_port,
         )
         await self.repository.load_all()
-        await asyncio.to_thread(self.router.restore)
+        await self.router.restore()
         self._background = asyncio.create_task(self.router.run_background())
         # What exists now (sessions, modules, config) lives as long as the process: keeping it
         # out of the collector's generations makes the collections that requests trigger cheap.
@@ -146,7 +146,7 @@ class Gateway:
             log.warning("grace period over with requests still in flight")
         if self._background is not None:
             self._background.cancel()
-        await self.router.shadows.drain()
+        await self.router.shadows.stop()
         await self.router.save_bandits()
         await asyncio.to_thread(self.repository.close)
         log.info("stopped")

@@ -119,6 +119,7 @@ class DataPlane:
                 "change the route first"
             )
         await self.repository.unload(endpoint, version)
+        self.metrics.model_ready.remove(endpoint, version)
         self.router.refresh(endpoint)
         self.publish_model_states()
         outcome = {"model": endpoint, "version": version, "state": "UNLOADED"}

@@ -17,6 +17,9 @@ PATTERN_PROBLEMS = {
 }
 
 
+_KEY_MARK = "[key]"
+
+
 class Strict(BaseModel):
     """A schema that refuses unknown keys and is immutable once validated."""
 
@@ -58,10 +61,13 @@ def _describe(error: Any, union_tags: Mapping[str, Collection[str]]) -> str:
 
 def _field_path(loc: tuple[Any, ...], union_tags: Mapping[str, Collection[str]]) -> str:
     path = ""
-    for previous, part in zip((None, *loc), loc, strict=False):
-        if part in union_tags.get(str(previous), ()):
-            continue  # a tagged union's tag, not a field
-        if isinstance(part, int):
+    for index, part in enumerate(loc):
+        previous = loc[index - 1] if index else None
+        if part in union_tags.get(str(previous), ()) or part == _KEY_MARK:
+            continue  # a tagged union's tag, or pydantic's mark of a mapping key: not a field
+        if index + 1 < len(loc) and loc[index + 1] == _KEY_MARK:
+            path += f"[{part!r}]"  # a mapping key whose own validation failed
+        elif isinstance(part, int):
             path += f"[{part}]"
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
             path += f".{part}" if path else str(part)

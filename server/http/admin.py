@@ -162,7 +162,8 @@ class OpsEndpoints:
 
     def _check_origin(self, request: Request) -> None:
         origin = request.headers.get("origin")
-        if request.method != "GET" and origin is not None and origin not in self._allowed_origins:
+        reads_only = request.method == "GET" or request.url.path == "/v2/repository/index"
+        if not reads_only and origin is not None and origin not in self._allowed_origins:
             raise PermissionDenied(f"admin changes from origin {quoted(origin)} are refused")
 
 
