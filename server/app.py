@@ -18,6 +18,8 @@ import grpc
 import uvicorn
 
 from turnout.models.repository import ModelRepository
+from turnout.monitoring.monitor import DriftMonitor
+from turnout.monitoring.sinks import GaugeSink, JsonlSink, Sink, SinkWriter, SqliteSink
 from turnout.protos import inference_pb2_grpc as pb_grpc
 from turnout.protos import turnout_pb2_grpc as turnout_grpc
 from turnout.router.router import Router
@@ -25,6 +27,7 @@ from turnout.router.state import StateStore
 from turnout.server.admin_auth import AdminTokens
 from turnout.server.config import Config, ListenConfig
 from turnout.server.dataplane import DataPlane
+from turnout.server.drift import watch_version
 from turnout.server.grpc.feedback import FeedbackServicer
 from turnout.server.grpc.servicer import InferenceServicer
 from turnout.server.http.admin import OpsEndpoints
@@ -53,7 +56,8 @@ class Gateway:
         self.metrics = Metrics()
         self.repository = ModelRepository(config.version_specs())
         self.metrics.watch(self.repository)
-        self.store = StateStore(config.state_dir or Path(DEFAULT_STATE_DIR))
+        state_dir = config.state_dir or Path(DEFAULT_STATE_DIR)
+        self.store = StateStore(state_dir)
         self.router = Router(
             self.repository,
             config.routes,
@@ -62,7 +66,9 @@ class Gateway:
             config.feedback.max_entries,
         )
         self.metrics.watch_router(self.router)
-        self.plane = DataPlane(self.repository, self.router, self.metrics)
+        self.monitor = DriftMonitor(_drift_writers(config, state_dir), config.monitoring.queue_size)
+        self.metrics.watch_monitor(self.monitor)
+        self.plane = DataPlane(self.repository, self.router, self.metrics, self.monitor)
         tokens = AdminTokens.load(os.environ, config.admin.token_file)
         log.info(
             "admin API %s", "off (no token configured)" if tokens is None else "on, under /admin/"
@@ -123,6 +129,7 @@ class Gateway:
         )
         await self.repository.load_all()
         await self.router.restore()
+        await self._start_monitoring()
         self._background = asyncio.create_task(self.router.run_background())
         # What exists now (sessions, modules, config) lives as long as the process: keeping it
         # out of the collector's generations makes the collections that requests trigger cheap.
@@ -137,6 +144,13 @@ class Gateway:
         await self._drain(http_task)
         return 0
 
+    async def _start_monitoring(self) -> None:
+        for entry in self.config.models:
+            runner = self.repository.entry(entry.name, entry.version).runner
+            if entry.monitoring is not None and runner is not None:
+                await watch_version(self.monitor, runner, entry.monitoring)
+        self.monitor.start()
+
     async def _drain(self, http_task: "asyncio.Task[None]") -> None:
         grace = self.config.server.drain_timeout_s
         self.plane.start_draining()
@@ -148,8 +162,21 @@ class Gateway:
             self._background.cancel()
         await self.router.shadows.stop()
         await self.router.save_bandits()
+        await asyncio.to_thread(self.monitor.stop, grace)
         await asyncio.to_thread(self.repository.close)
         log.info("stopped")
+
+
+def _drift_writers(config: Config, state_dir: Path) -> list[SinkWriter]:
+    """The sinks drift records go to: Prometheus gauges and JSONL always, SQLite if given."""
+    jsonl = config.monitoring.jsonl
+    sinks: list[Sink] = [
+        GaugeSink(),
+        JsonlSink(jsonl.path or state_dir / "drift.jsonl", jsonl.max_bytes, jsonl.backups),
+    ]
+    if config.monitoring.sqlite is not None:
+        sinks.append(SqliteSink(config.monitoring.sqlite.path))
+    return [SinkWriter(sink) for sink in sinks]
 
 
 def _bind(listen: ListenConfig) -> socket.socket:

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import uvloop
 
 from turnout import __version__
-from turnout.server import routes_cli
+from turnout.server import drift_cli, routes_cli
 from turnout.server.app import serve
 from turnout.server.config import Config, ConfigError, ListenConfig, ServerConfig, load_config
 from turnout.server.demo import write_demo
@@ -29,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         status: int = args.command(args)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop writing, quietly.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout until exit
+        return 0
     except ConfigError as error:
         print(f"turnout: invalid config {error.source}:", file=sys.stderr)
         for problem in error.problems:
@@ -75,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(command=_serve)
     routes_cli.add_commands(commands)
+    drift_cli.add_commands(commands)
     return parser
 
 

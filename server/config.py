@@ -23,6 +23,7 @@ from turnout.models.providers import Device
 from turnout.models.session import SessionSettings
 from turnout.router.specs import RouteConfig
 from turnout.schema import NAME_PATTERN, VERSION_PATTERN, Strict, describe_errors, version_text
+from turnout.server.monitoring_config import ModelMonitoring, MonitoringConfig, resolve_path
 
 MiB = 1024 * 1024
 _Schema = TypeVar("_Schema", bound=BaseModel)
@@ -134,6 +135,7 @@ class ModelSettings(Strict):
 
     warmup: bool = True
     session: SessionConfig = SessionConfig()
+    monitoring: ModelMonitoring | None = None
 
     @field_validator("device")
     @classmethod
@@ -247,16 +249,14 @@ class Config(Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     state_dir: Path | None = None
     model_root: Path | None = None
 
     @field_validator("state_dir", "model_root")
     @classmethod
     def _relative_to_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        base = (info.context or {}).get("base_dir")
-        if value is None or value.is_absolute() or base is None:
-            return value
-        return (Path(base) / value).resolve()
+        return resolve_path(value, info)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

@@ -16,9 +16,12 @@ from turnout.errors import InternalError, InvalidInput, Unavailable, quoted
 from turnout.models.loader import VersionSpec
 from turnout.models.repository import ModelRepository, VersionEntry
 from turnout.models.types import RunStats, VersionState
+from turnout.monitoring.monitor import DriftMonitor
 from turnout.router.router import Router
 from turnout.router.types import InferenceRequest, InferenceResponse
+from turnout.server.drift import watch_version
 from turnout.server.metrics import UNKNOWN, Metrics, status_of
+from turnout.server.monitoring_config import ModelMonitoring
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,17 @@ class ServerInfo:
 class DataPlane:
     """Shared by every transport; owns the router and repository for request handling."""
 
-    def __init__(self, repository: ModelRepository, router: Router, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        router: Router,
+        metrics: Metrics,
+        monitor: DriftMonitor | None = None,
+    ) -> None:
         self.repository = repository
         self.router = router
         self.metrics = metrics
+        self.monitor = monitor or DriftMonitor([])
         self.info = ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
         self.draining = False
         self._inflight = 0
@@ -81,6 +91,7 @@ class DataPlane:
         scope.dispatched = time.perf_counter()
         response = await self.router.run(request, scope.version)
         scope.returned = time.perf_counter()
+        self.monitor.offer(request.endpoint, scope.version, request.inputs, response.outputs)
         scope.run = response.stats
         return response
 
@@ -99,9 +110,13 @@ class DataPlane:
             views.append(statistics.view(name, version_name, runner.counters if runner else None))
         return views
 
-    async def load_version(self, spec: VersionSpec, who: str) -> dict[str, Any]:
+    async def load_version(
+        self, spec: VersionSpec, monitoring: ModelMonitoring | None, who: str
+    ) -> dict[str, Any]:
         """Load a version beside the live ones; routes see it once it is ready."""
         entry = await self.repository.load(spec)
+        if entry.runner is not None and monitoring is not None:
+            await watch_version(self.monitor, entry.runner, monitoring)
         self.router.refresh(spec.name)
         self.publish_model_states()
         outcome = {"model": spec.name, "version": spec.version, "state": entry.state.value}
@@ -119,6 +134,7 @@ class DataPlane:
                 "change the route first"
             )
         await self.repository.unload(endpoint, version)
+        self.monitor.forget(endpoint, version)
         self.metrics.model_ready.remove(endpoint, version)
         self.router.refresh(endpoint)
         self.publish_model_states()

@@ -99,7 +99,8 @@ _DEMO_CONFIG = f"""\
 # Two versions of one classifier behind one endpoint, "{DEMO_MODEL}", as a canary: 90 % of
 # requests go to version 1 and 10 % to version 2 (sticky per x-routing-key header).
 # /v2/models/{DEMO_MODEL}/versions/N/infer pins a version. Set TURNOUT_ADMIN_TOKEN to change the
-# route at run time (turnout routes --help).
+# route at run time (turnout routes --help). Every request is sampled for drift against the
+# reference rows; records land in monitoring/ (turnout drift report --sink monitoring/drift.db).
 server:
   http: {{host: 127.0.0.1, port: 8000}}
   grpc: {{host: 127.0.0.1, port: 8001}}
@@ -107,9 +108,17 @@ models:
   - name: {DEMO_MODEL}
     version: 1
     path: models/{DEMO_MODEL}/1/model.onnx
+    monitoring: &drift
+      sample_rate: 1.0
+      reference: models/{DEMO_MODEL}/reference.npz
+      window: {{samples: 500, seconds: 30}}
   - name: {DEMO_MODEL}
     version: 2
     path: models/{DEMO_MODEL}/2/model.onnx
+    monitoring: *drift
+monitoring:
+  jsonl: {{path: monitoring/drift.jsonl}}
+  sqlite: {{path: monitoring/drift.db}}
 routes:
   {DEMO_MODEL}: {{policy: canary, weights: {{"1": 90, "2": 10}}}}
 state_dir: state

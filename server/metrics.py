@@ -22,6 +22,8 @@ from turnout import errors
 from turnout.models.accounting import Histogram
 from turnout.models.repository import ModelRepository
 from turnout.models.types import RunStats
+from turnout.monitoring.monitor import DriftMonitor
+from turnout.monitoring.sinks import GaugeSink
 from turnout.router.router import Router
 from turnout.server.statistics import Statistics, VersionStatistics
 
@@ -130,6 +132,10 @@ class Metrics:
     def watch_router(self, router: Router) -> None:
         """Export the routes' state: policies, shadow comparisons, bandit arms, rollouts."""
         self.registry.register(_RouterCollector(router))
+
+    def watch_monitor(self, monitor: DriftMonitor) -> None:
+        """Export drift statistics, statuses and the monitor's own counters."""
+        self.registry.register(_DriftCollector(monitor))
 
     def series(self, endpoint: str, version: str, protocol: str) -> RequestSeries:
         """The series of one endpoint, version ("" before one was chosen) and protocol."""
@@ -315,3 +321,62 @@ class _RouterCollector(Collector):
                 agreement.add_metric(key, counters.top1_agreed / counters.top1_rows)
         yield from (policy, mirrored, dropped, failed, difference, agreement)
         yield from (pulls, rewards, estimate, percent, rollbacks)
+
+
+class _DriftCollector(Collector):
+    """Turns the drift monitor's latest results and counters into Prometheus families."""
+
+    def __init__(self, monitor: DriftMonitor) -> None:
+        self._monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        version_labels = ["endpoint", "version"]
+        value = GaugeMetricFamily(
+            "turnout_drift_value",
+            "The latest window's value of a drift statistic of a feature.",
+            labels=["endpoint", "version", "feature", "statistic"],
+        )
+        status = GaugeMetricFamily(
+            "turnout_drift_status",
+            "Drift status of a feature (feature '*': the version), 0 ok, 1 warn, 2 alert.",
+            labels=["endpoint", "version", "feature"],
+        )
+        sampled = CounterMetricFamily(
+            "turnout_drift_samples", "Requests sampled for drift monitoring.", labels=version_labels
+        )
+        skipped = CounterMetricFamily(
+            "turnout_drift_samples_skipped",
+            "Samples not taken: over the per-second cap, or the monitor's queue was full.",
+            labels=[*version_labels, "reason"],
+        )
+        windows = CounterMetricFamily(
+            "turnout_drift_windows", "Windows compared with the reference.", labels=version_labels
+        )
+        sink_errors = CounterMetricFamily(
+            "turnout_drift_sink_errors", "Failed writes to a drift sink.", labels=["sink"]
+        )
+        sink_dropped = CounterMetricFamily(
+            "turnout_drift_records_dropped",
+            "Drift records dropped because a sink fell too far behind.",
+            labels=["sink"],
+        )
+        watched = self._monitor.counters()
+        for (endpoint, version), counters in watched.items():
+            key = [endpoint, version]
+            sampled.add_metric(key, counters.sampled)
+            skipped.add_metric([*key, "rate_cap"], counters.limited)
+            skipped.add_metric([*key, "queue_full"], counters.dropped)
+            windows.add_metric(key, counters.windows)
+        for writer in self._monitor.writers:
+            sink_errors.add_metric([writer.sink.name], writer.counters.errors)
+            sink_dropped.add_metric([writer.sink.name], writer.counters.dropped)
+            if isinstance(writer.sink, GaugeSink):
+                values, statuses = writer.sink.snapshot()
+                # An unloaded version's last values would otherwise stay exported.
+                for series, number in values.items():
+                    if series[:2] in watched:
+                        value.add_metric(list(series), number)
+                for feature, level in statuses.items():
+                    if feature[:2] in watched:
+                        status.add_metric(list(feature), level)
+        yield from (value, status, sampled, skipped, windows, sink_errors, sink_dropped)

@@ -20,11 +20,13 @@ from turnout.server.config import (
     read_yaml,
     validate_as,
 )
+from turnout.server.monitoring_config import ModelMonitoring
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 SETTINGS_FILE = "turnout.yaml"
+REFERENCE_FILE = "reference.npz"
 
 
 def config_from_repository(root: Path, server: ServerConfig) -> Config:
@@ -50,13 +52,25 @@ def config_from_repository(root: Path, server: ServerConfig) -> Config:
     return Config(server=server, models=entries)
 
 
-def _model_versions(model_dir: Path) -> list[ModelEntry]:
+def model_settings(model_dir: Path) -> ModelSettings:
+    """A model's settings: its turnout.yaml, with drift monitoring turned on against its
+    reference.npz when the settings say nothing of monitoring. ConfigError for a bad file."""
     settings_file = model_dir / SETTINGS_FILE
     settings = (
         validate_as(ModelSettings, read_yaml(settings_file), settings_file, model_dir)
         if settings_file.is_file()
         else ModelSettings()
     )
+    reference = model_dir / REFERENCE_FILE
+    if settings.monitoring is None and reference.is_file():
+        settings = settings.model_copy(
+            update={"monitoring": ModelMonitoring(reference=reference.resolve())}
+        )
+    return settings
+
+
+def _model_versions(model_dir: Path) -> list[ModelEntry]:
+    settings = model_settings(model_dir)
     entries = []
     for version_dir in sorted(path for path in model_dir.iterdir() if path.is_dir()):
         if not re.fullmatch(VERSION_PATTERN, version_dir.name):
@@ -92,13 +106,8 @@ def version_in_root(root: Path, model: str, version: str) -> ModelEntry:
         raise PermissionDenied(f"model {quoted(model)} version {version} is outside the model root")
     if not path.is_file():
         raise ModelNotFound(f"no {MODEL_FILE} for model {quoted(model)} version {version}")
-    settings_file = model_dir / SETTINGS_FILE
     try:
-        settings = (
-            validate_as(ModelSettings, read_yaml(settings_file), settings_file, model_dir)
-            if settings_file.is_file()
-            else ModelSettings()
-        )
+        settings = model_settings(model_dir)
     except ConfigError as error:
         raise InvalidInput(
             f"{SETTINGS_FILE} of model {quoted(model)}: {'; '.join(error.problems)}"

@@ -128,7 +128,7 @@ class OpsEndpoints:
         model = request.path_params["model"]
         version = _version_parameter(await _body(request))
         entry = version_in_root(self._model_root, model, version)
-        return _json(await self._plane.load_version(entry.spec(), who))
+        return _json(await self._plane.load_version(entry.spec(), entry.monitoring, who))
 
     async def unload(self, request: Request, who: str) -> Response:
         """``POST /v2/repository/models/{m}/unload`` with ``{"parameters": {"version": "N"}}``."""
