@@ -1,23 +1,35 @@
 """What the benchmarks share: starting servers on loopback, and driving Triton's perf_analyzer
 (installed in a venv of its own, see BENCHMARKS.md) and reading its figures."""
 
+import argparse
 import contextlib
 import csv
+import http.client
 import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
+import orjson
+
+from turnout.protos import inference_pb2 as pb
+from turnout.protos import inference_pb2_grpc as pb_grpc
+from turnout.server.demo import DEMO_MODEL, FEATURES
 
 START_TIMEOUT_S = 120.0
+
+Call = Callable[[], object]
 
 
 @contextlib.contextmanager
@@ -129,3 +141,103 @@ class PerfAnalyzer:
         return Figures(
             float(row["Inferences/Second"]), float(row["p50 latency"]), float(row["p99 latency"])
         )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A server to measure: its name, protocol and address, and whether it is Turnout."""
+
+    name: str
+    protocol: str  # "grpc", "http" (JSON tensors) or "http-binary"
+    port: int
+
+
+def python_call(endpoint: Endpoint) -> tuple[Call, Callable[[], None]]:
+    """A call sending one inference with Python's own clients, and how to close them."""
+    if endpoint.protocol == "grpc":
+        channel = grpc.insecure_channel(f"127.0.0.1:{endpoint.port}")
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name=DEMO_MODEL)
+        request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, FEATURES])
+        request.raw_input_contents.append(sample_row(FEATURES).tobytes())
+        return lambda: stub.ModelInfer(request), channel.close
+    connection = http.client.HTTPConnection("127.0.0.1", endpoint.port)
+    tensor = {"name": "INPUT0", "datatype": "FP32", "shape": [1, FEATURES]}
+    headers = {"Content-Type": "application/json"}
+    if endpoint.protocol == "http":
+        body = orjson.dumps(
+            {"inputs": [{**tensor, "data": sample_row(FEATURES).reshape(-1).tolist()}]}
+        )
+    else:
+        raw = sample_row(FEATURES).tobytes()
+        header = orjson.dumps(
+            {
+                "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                "parameters": {"binary_data_output": True},
+            }
+        )
+        body = header + raw
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        }
+
+    def call() -> object:
+        connection.request("POST", f"/v2/models/{DEMO_MODEL}/infer", body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        return data
+
+    return call, connection.close
+
+
+def time_calls(call: Call, count: int) -> list[float]:
+    """Client-observed latencies of ``count`` calls one after another, microseconds."""
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter_ns()
+        call()
+        samples.append((time.perf_counter_ns() - started) / 1000)
+    return samples
+
+
+def interleaved_latencies(
+    endpoints: list[Endpoint], rounds: int, requests: int
+) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (µs) of ``requests`` one-at-a-time calls to each endpoint, the endpoints
+    taking turns over ``rounds`` rounds after a warm-up, so that noise falls on all alike."""
+    calls = {endpoint.name: python_call(endpoint) for endpoint in endpoints}
+    for call, _ in calls.values():
+        time_calls(call, max(200, requests // 10))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (call, _) in calls.items():
+            samples[name] += time_calls(call, requests // rounds)
+    for _, close in calls.values():
+        close()
+    return {
+        name: (statistics.median(values), float(np.percentile(values, 99)))
+        for name, values in samples.items()
+    }
+
+
+def client_benchmark_main(
+    description: str,
+    run: Callable[[str, int, int, Path | None], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+) -> None:
+    """The command line of a benchmark driven by Python's clients or perf_analyzer."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--client", choices=["python", "perf_analyzer"], default="python")
+    parser.add_argument("--pa-venv", type=Path, help="the venv holding perf_analyzer")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=4000, help="per target (python client)")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args()
+    report = run(args.client, args.rounds, args.requests, args.pa_venv)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(f"{report['date']}, {report['machine']}; {report['model']}; client {report['client']}\n")
+    print(table(report))
