@@ -11,6 +11,7 @@ from pathlib import Path
 import uvloop
 
 from turnout import __version__
+from turnout.loadtests import loadtest
 from turnout.server import drift_cli, routes_cli
 from turnout.server.app import serve
 from turnout.server.config import Config, ConfigError, ListenConfig, ServerConfig, load_config
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(command=_serve)
     routes_cli.add_commands(commands)
     drift_cli.add_commands(commands)
+    loadtest.add_commands(commands)
     return parser
 
 

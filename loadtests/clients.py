@@ -1,0 +1,293 @@
+"""The load generator's clients: one inference call (and one reward) over gRPC, HTTP with JSON
+tensors or HTTP with binary tensors, on asyncio, with requests encoded before the run so that the
+client spends its time sending, not building.
+
+Every call ends in an Outcome: the status code as the protocol says it (gRPC code names such as
+``UNAVAILABLE``, HTTP statuses such as ``503``; ``OK``/``200`` for success; ``CONNECTION`` and
+``TIMEOUT`` for failures with no answer) and the version that served it.
+"""
+
+import json
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import grpc
+import numpy as np
+import orjson
+
+from turnout.protos import inference_pb2 as pb
+from turnout.protos import inference_pb2_grpc as pb_grpc
+from turnout.protos import turnout_pb2 as turnout_pb
+from turnout.protos import turnout_pb2_grpc as turnout_grpc
+
+ROUTING_KEY = "x-routing-key"
+CALL_TIMEOUT_S = 30.0
+DATATYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}  # fmt: skip
+PROTOCOLS = ("grpc", "http", "http-binary")
+
+
+class UsageError(ValueError):
+    """A target, scenario or data set that cannot be used (exit status 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the load goes: ``grpc://HOST:PORT`` or ``http://HOST:PORT``."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Target":
+        """The target a URL names; UsageError for anything else."""
+        parts = urllib.parse.urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("grpc", "http") or not parts.hostname or port is None:
+            raise UsageError(f"--target {text!r}: expected grpc://HOST:PORT or http://HOST:PORT")
+        return cls(parts.scheme, parts.hostname, port)
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT``."""
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One model input as the server's metadata gives it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one call ended."""
+
+    ok: bool
+    code: str
+    version: str | None = None
+
+
+class Client(Protocol):
+    """Sends prepared requests to one target."""
+
+    async def infer(self, request: object, request_id: str, routing_key: str | None) -> Outcome: ...
+
+    async def reward(self, endpoint: str, request_id: str, reward: float) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+def prepare(protocol: str, endpoint: str, rows: Sequence[dict[str, np.ndarray]]) -> list[object]:
+    """One request per entry of ``rows`` (input name → array), encoded for ``protocol``."""
+    if protocol == "grpc":
+        return [_grpc_request(endpoint, inputs) for inputs in rows]
+    binary = protocol == "http-binary"
+    return [(endpoint, _http_request(inputs, binary)) for inputs in rows]
+
+
+def _grpc_request(endpoint: str, inputs: dict[str, np.ndarray]) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=endpoint)
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=_datatype(array), shape=array.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return request
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A V2 inference body without its id (added per call), and its content headers."""
+
+    header: dict[str, Any]
+    binary: bytes
+
+
+def _http_request(inputs: dict[str, np.ndarray], binary: bool) -> HttpRequest:
+    tensors = []
+    raw = []
+    for name, array in inputs.items():
+        tensor: dict[str, Any] = {"name": name, "datatype": _datatype(array), "shape": array.shape}
+        if binary:
+            data = np.ascontiguousarray(array).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            raw.append(data)
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        tensors.append(tensor)
+    header: dict[str, Any] = {"inputs": tensors}
+    if binary:
+        header["parameters"] = {"binary_data_output": True}
+    return HttpRequest(header, b"".join(raw))
+
+
+def _datatype(array: np.ndarray) -> str:
+    for name, dtype in DATATYPES.items():
+        if array.dtype == dtype:
+            return name
+    raise UsageError(f"inputs of dtype {array.dtype} cannot be sent")
+
+
+class GrpcClient:
+    """grpc.aio on one channel (HTTP/2 streams multiplexed)."""
+
+    def __init__(self, target: Target) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            target.address, options=[("grpc.max_receive_message_length", -1)]
+        )
+        self._infer = pb_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer
+        self._reward = turnout_grpc.FeedbackStub(self._channel).Reward
+
+    async def infer(self, request: object, request_id: str, routing_key: str | None) -> Outcome:
+        """Send one prepared ModelInferRequest."""
+        assert isinstance(request, pb.ModelInferRequest)
+        message = pb.ModelInferRequest()
+        message.CopyFrom(request)
+        message.id = request_id
+        metadata = ((ROUTING_KEY, routing_key),) if routing_key else None
+        try:
+            response = await self._infer(message, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            return Outcome(False, _grpc_code(error))
+        return Outcome(True, "OK", response.model_version)
+
+    async def reward(self, endpoint: str, request_id: str, reward: float) -> Outcome:
+        """Send a reward for a request."""
+        message = turnout_pb.RewardRequest(
+            model_name=endpoint, request_id=request_id, reward=reward
+        )
+        try:
+            response = await self._reward(message, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            return Outcome(False, _grpc_code(error))
+        return Outcome(True, "OK", response.model_version)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+
+def _grpc_code(error: grpc.aio.AioRpcError) -> str:
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
+        return "CONNECTION"
+    return str(code.name)
+
+
+class HttpClient:
+    """aiohttp with keep-alive connections, as many as there are calls in flight."""
+
+    def __init__(self, target: Target, endpoint_paths: dict[str, str]) -> None:
+        self._base = f"http://{target.address}"
+        self._paths = endpoint_paths
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+            timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S),
+            json_serialize=lambda value: orjson.dumps(value).decode(),
+        )
+
+    async def infer(self, request: object, request_id: str, routing_key: str | None) -> Outcome:
+        """Send one prepared request (its endpoint is the first key of ``request``'s path)."""
+        assert isinstance(request, tuple)
+        endpoint, prepared = request
+        assert isinstance(prepared, HttpRequest)
+        header = orjson.dumps({"id": request_id, **prepared.header})
+        headers = {ROUTING_KEY: routing_key} if routing_key else {}
+        if prepared.binary:
+            headers["Inference-Header-Content-Length"] = str(len(header))
+            headers["Content-Type"] = "application/octet-stream"
+        else:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.post(
+                self._base + self._paths[endpoint], data=header + prepared.binary, headers=headers
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    return Outcome(False, str(response.status))
+                length = response.headers.get("Inference-Header-Content-Length")
+                answer = orjson.loads(body[: int(length)] if length else body)
+        except TimeoutError:
+            return Outcome(False, "TIMEOUT")
+        except (aiohttp.ClientError, OSError):
+            return Outcome(False, "CONNECTION")
+        except (orjson.JSONDecodeError, ValueError):
+            return Outcome(False, "BAD_RESPONSE")
+        return Outcome(True, "200", str(answer.get("model_version", "")) or None)
+
+    async def reward(self, endpoint: str, request_id: str, reward: float) -> Outcome:
+        """Send a reward for a request."""
+        path = f"/v2/models/{urllib.parse.quote(endpoint, safe='')}/feedback"
+        try:
+            async with self._session.post(
+                self._base + path, json={"request_id": request_id, "reward": reward}
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    return Outcome(False, str(response.status))
+        except TimeoutError:
+            return Outcome(False, "TIMEOUT")
+        except (aiohttp.ClientError, OSError):
+            return Outcome(False, "CONNECTION")
+        return Outcome(True, "200", str(json.loads(body).get("model_version", "")) or None)
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._session.close()
+
+
+def open_client(protocol: str, target: Target, endpoints: Sequence[str]) -> Client:
+    """A client of ``target`` speaking ``protocol``."""
+    if protocol == "grpc":
+        return GrpcClient(target)
+    paths = {name: f"/v2/models/{urllib.parse.quote(name, safe='')}/infer" for name in endpoints}
+    return HttpClient(target, paths)
+
+
+async def input_specs(protocol: str, target: Target, endpoint: str) -> list[InputSpec]:
+    """The endpoint's inputs from the server's model metadata; UsageError when the server
+    cannot be reached or does not serve the endpoint."""
+    try:
+        if protocol == "grpc":
+            async with grpc.aio.insecure_channel(target.address) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                metadata = await stub.ModelMetadata(
+                    pb.ModelMetadataRequest(name=endpoint), timeout=10
+                )
+            return [
+                InputSpec(tensor.name, tensor.datatype, tuple(tensor.shape))
+                for tensor in metadata.inputs
+            ]
+        url = f"http://{target.address}/v2/models/{urllib.parse.quote(endpoint, safe='')}"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(url) as response,
+        ):
+            if response.status != 200:
+                raise UsageError(f"{target}: endpoint {endpoint!r}: HTTP {response.status}")
+            answer = await response.json()
+        return [
+            InputSpec(tensor["name"], tensor["datatype"], tuple(tensor["shape"]))
+            for tensor in answer["inputs"]
+        ]
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            raise UsageError(f"{target}: cannot be reached ({error.details()})") from None
+        raise UsageError(f"{target}: endpoint {endpoint!r}: {error.details()}") from None
+    except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        raise UsageError(f"{target}: cannot be reached ({error})") from None
