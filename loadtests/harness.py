@@ -108,9 +108,11 @@ class PerfAnalyzer:
         concurrency: int,
         features: int,
         window_ms: int = 2000,
+        request_rate: float | None = None,
     ) -> Figures:
         """Run one cell. ``protocol`` is ``grpc``, ``grpc-stream``, ``http`` (JSON tensors) or
-        ``http-binary``."""
+        ``http-binary``. With ``request_rate``, requests are sent at that constant rate
+        (open loop) instead of by ``concurrency`` callers."""
         data = self._work / f"input-{features}.json"
         if not data.exists():
             content = sample_row(features).reshape(-1).tolist()
@@ -121,9 +123,14 @@ class PerfAnalyzer:
         report.unlink(missing_ok=True)
         args = [str(self._binary), "-m", model, "-u", address,
                 "-i", "grpc" if protocol.startswith("grpc") else "http",
-                "--input-data", str(data), "--concurrency-range", f"{concurrency}:{concurrency}",
-                "--measurement-interval", str(window_ms), "--max-trials", "10",
-                "--stability-percentage", "100", "-f", str(report)]  # fmt: skip
+                "--input-data", str(data), "--measurement-interval", str(window_ms),
+                "--max-trials", "10", "--stability-percentage", "100",
+                "-f", str(report)]  # fmt: skip
+        if request_rate is None:
+            args += ["--concurrency-range", f"{concurrency}:{concurrency}"]
+        else:
+            rate = f"{request_rate:g}"
+            args += ["--request-rate-range", f"{rate}:{rate}", "--request-distribution", "constant"]
         if protocol == "grpc-stream":
             args.append("--streaming")
         if protocol == "http":
