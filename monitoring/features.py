@@ -25,20 +25,29 @@ class Column:
     numeric: bool
 
 
+def reduced(tensor: np.ndarray) -> np.ndarray:
+    """A batched tensor cut down to what its features need: ``[rows]`` or ``[rows, F]`` with
+    F at most MAX_FEATURES_PER_TENSOR (``columns`` names the features of the result as it
+    would those of the whole tensor)."""
+    if tensor.ndim > 2 and tensor.dtype.kind == "f":
+        tensor = tensor.reshape(tensor.shape[0], tensor.shape[1], -1).mean(axis=2)
+    elif tensor.ndim > 2:
+        tensor = tensor.reshape(tensor.shape[0], tensor.shape[1], -1)[:, :, 0]
+    if tensor.ndim == 2 and tensor.shape[1] > MAX_FEATURES_PER_TENSOR:
+        tensor = tensor[:, :MAX_FEATURES_PER_TENSOR]
+    return tensor
+
+
 def columns(tensors: dict[str, np.ndarray], batched: bool) -> dict[str, Column]:
     """The features of some rows of tensors (the first dimension is rows when ``batched``)."""
     found: dict[str, Column] = {}
     for name, tensor in tensors.items():
-        array = tensor if batched else tensor[np.newaxis, ...]
+        array = reduced(tensor if batched else tensor[np.newaxis, ...])
         numeric = array.dtype.kind == "f"
         if array.ndim == 1:
             found[name] = Column(_flat(array, numeric), numeric)
             continue
-        if array.ndim > 2 and numeric:
-            array = array.reshape(array.shape[0], array.shape[1], -1).mean(axis=2)
-        elif array.ndim > 2:
-            array = array.reshape(array.shape[0], array.shape[1], -1)[:, :, 0]
-        for index in range(min(array.shape[1], MAX_FEATURES_PER_TENSOR)):
+        for index in range(array.shape[1]):
             found[f"{name}[{index}]"] = Column(_flat(array[:, index], numeric), numeric)
     return found
 

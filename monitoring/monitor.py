@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from turnout.monitoring.features import Column, columns
+from turnout.monitoring.features import Column, columns, reduced
 from turnout.monitoring.profile import Reference, compare, reference_of
 from turnout.monitoring.records import (
     DEFAULT_BOUNDS,
@@ -86,8 +86,18 @@ class _Version:
 class DriftMonitor:
     """Every watched version, the worker thread and the sink writers."""
 
-    def __init__(self, writers: Sequence[SinkWriter], queue_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        writers: Sequence[SinkWriter],
+        queue_size: int = 10_000,
+        queue_bytes: int = 256 << 20,
+    ) -> None:
         self.writers = list(writers)
+        self._queue_bytes = queue_bytes
+        # Bytes of the tensors handed to the worker and taken by it: each written by one thread
+        # only, so their difference is what waits, without a lock on the hot path.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._versions: dict[tuple[str, str], _Version] = {}
         # A sample, a forgotten version's last call (no tensors), or the stop (None).
         self._queue: queue.SimpleQueue[tuple[_Version, dict[str, np.ndarray] | None] | None] = (
@@ -148,12 +158,17 @@ class DriftMonitor:
     def stop(self, deadline_s: float) -> None:
         """Close the windows in progress, write every record, stop. Blocks; run it off the
         event loop."""
+        end = time.monotonic() + deadline_s
         if self._started:
             self._queue.put(None)
             self._thread.join(deadline_s)
-        per_writer = max(deadline_s / max(len(self.writers), 1), 0.1)
+            if self._thread.is_alive():
+                log.error("drift monitoring: the last windows were not closed by the deadline")
         for writer in self.writers:
-            writer.close(per_writer)
+            # The writers flush side by side; each waits out what is left of the deadline.
+            writer.start_closing()
+        for writer in self.writers:
+            writer.close(max(end - time.monotonic(), 0.1))
 
     # -- the hot path (event loop) -----------------------------------------------------------
 
@@ -180,11 +195,18 @@ class DriftMonitor:
         if watched.tokens < 1.0:
             watched.counters.limited += 1
             return
-        if self._queue.qsize() >= self._queue_size:
+        size = sum(tensor.nbytes for tensor in inputs.values()) + sum(
+            tensor.nbytes for tensor in outputs.values()
+        )
+        if (
+            self._queue.qsize() >= self._queue_size
+            or self._bytes_in - self._bytes_out + size > self._queue_bytes
+        ):
             watched.counters.dropped += 1
             return
         watched.tokens -= 1.0
         watched.counters.sampled += 1
+        self._bytes_in += size
         self._queue.put((watched, {**inputs, **outputs}))
 
     # -- the worker thread -------------------------------------------------------------------
@@ -211,6 +233,7 @@ class DriftMonitor:
     def _step(self, item: tuple[_Version, dict[str, np.ndarray] | None] | None) -> None:
         try:
             if item is not None and item[1] is not None:
+                self._bytes_out += sum(tensor.nbytes for tensor in item[1].values())
                 self._add(item[0], item[1])
             elif item is not None:
                 self._close_due([item[0]], final=True)
@@ -222,6 +245,8 @@ class DriftMonitor:
         # Kept whole: a window's tensors are split into features once, when it closes.
         if not watched.batched:
             tensors = {name: tensor[np.newaxis, ...] for name, tensor in tensors.items()}
+        # Only what the features need is kept (an image's channel means, not its pixels).
+        tensors = {name: reduced(tensor) for name, tensor in tensors.items()}
         rows = min((len(tensor) for tensor in tensors.values()), default=0)
         if watched.capturing is None:
             features = columns(tensors, batched=True)
@@ -232,6 +257,10 @@ class DriftMonitor:
             if watched.captured_rows >= watched.settings.capture_reference:
                 self._capture(watched)
             return
+        if not watched.window:
+            # A window starts with its first sample, not at the end of a quiet spell.
+            watched.window_start = time.time()
+            watched.window_clock = time.monotonic()
         watched.window.append(tensors)
         watched.window_rows += rows
 

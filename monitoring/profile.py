@@ -1,6 +1,7 @@
 """Reference profiles (what each feature looked like in the reference data) and the comparison
 of a window of live values with them."""
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -102,16 +103,20 @@ def _numeric(reference: NumericReference, live: np.ndarray) -> dict[str, float]:
     finite = live[np.isfinite(live)]
     total = max(len(live), 1)
     counts = bin_counts(finite, reference.edges)
-    ks = ks_two_sample(reference.sample, finite)
     outside = np.count_nonzero((finite < reference.low) | (finite > reference.high))
+    rates = {"nan_rate": (len(live) - len(finite)) / total, "out_of_range_rate": outside / total}
+    if len(finite) == 0 or len(reference.sample) == 0:
+        # No distribution to compare: the comparisons are undefined (null in the sinks).
+        undefined = ("psi", "ks_statistic", "ks_pvalue", "js_distance", "wasserstein")
+        return {**dict.fromkeys(undefined, math.nan), **rates}
+    ks = ks_two_sample(reference.sample, finite)
     return {
         "psi": psi(reference.counts, counts),
         "ks_statistic": ks.statistic,
         "ks_pvalue": ks.p_value,
         "js_distance": js_distance(reference.counts, counts),
         "wasserstein": wasserstein(reference.sample, finite),
-        "nan_rate": (len(live) - len(finite)) / total,
-        "out_of_range_rate": outside / total,
+        **rates,
     }
 
 
@@ -122,7 +127,11 @@ def _categorical(reference: CategoricalReference, live: np.ndarray) -> dict[str,
     for key in _keys(live):
         counts[index.get(key, len(reference.categories))] += 1
         unseen += key not in reference.seen
-    chi2 = chi_square(reference.counts, counts)
+    # The goodness of fit over the categories the reference has: one it never had would make
+    # the test's expected count (a smoothing floor) tiny and the statistic explode; such
+    # values are what out_of_range_rate reports.
+    known = reference.counts > 0
+    chi2 = chi_square(reference.counts[known], counts[known])
     return {
         "psi": psi(reference.counts, counts),
         "chi2_statistic": chi2.statistic,

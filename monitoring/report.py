@@ -41,14 +41,14 @@ def latest(records: list[DriftRecord]) -> dict[tuple[str, str, str], dict[str, D
 
 
 def _is_sqlite(path: Path) -> bool:
-    """Whether ``path`` is an SQLite database, whatever its name."""
-    if path.suffix in SQLITE_SUFFIXES:
-        return True
+    """Whether ``path`` is an SQLite database (by its header, whatever its name; an empty
+    file by its suffix)."""
     try:
         with path.open("rb") as file:
-            return file.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+            header = file.read(len(SQLITE_MAGIC))
     except OSError as error:
         raise UnreadableSink(f"{path}: cannot be read ({error.strerror})") from None
+    return header == SQLITE_MAGIC or (not header and path.suffix in SQLITE_SUFFIXES)
 
 
 def _jsonl(path: Path) -> Iterator[DriftRecord]:

@@ -11,7 +11,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,11 +111,16 @@ class SqliteSink:
     def write(self, records: Sequence[DriftRecord]) -> None:
         """Insert the records in one transaction."""
         connection = self._connect()
-        with connection:
-            connection.executemany(
-                "INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [record.row() for record in records],
-            )
+        try:
+            with connection:
+                connection.executemany(
+                    "INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [record.row() for record in records],
+                )
+        except sqlite3.Error:
+            # The next try opens the database afresh (it may have been moved or repaired).
+            self.close()
+            raise
 
     def close(self) -> None:
         """Close the database."""
@@ -190,6 +194,15 @@ class SinkWriter:
     def put(self, records: Sequence[DriftRecord]) -> None:
         """Hand records over (never blocks); beyond BUFFER, the oldest are dropped."""
         with self._condition:
+            if self._closing and not self._thread.is_alive():
+                self.counters.dropped += len(records)
+                if records:
+                    log.error(
+                        "drift sink %s: %d records came after it closed",
+                        self.sink.name,
+                        len(records),
+                    )
+                return
             self._pending.extend(records)
             overflow = len(self._pending) - BUFFER
             for _ in range(max(overflow, 0)):
@@ -197,12 +210,16 @@ class SinkWriter:
             self.counters.dropped += max(overflow, 0)
             self._condition.notify()
 
-    def close(self, deadline_s: float) -> bool:
-        """Write what is pending, then stop; False if the sink was still failing or blocked
-        when ``deadline_s`` ran out (what it held is lost, and said so in the log)."""
+    def start_closing(self) -> None:
+        """Write what is pending without waiting between retries, then stop."""
         with self._condition:
             self._closing = True
             self._condition.notify()
+
+    def close(self, deadline_s: float) -> bool:
+        """Write what is pending, then stop; False if the sink was still failing or blocked
+        when ``deadline_s`` ran out (what it held is lost, and said so in the log)."""
+        self.start_closing()
         self._thread.join(deadline_s)
         if self._thread.is_alive():
             log.error(
@@ -238,7 +255,10 @@ class SinkWriter:
                     while len(self._pending) > BUFFER:
                         self._pending.popleft()
                         self.counters.dropped += 1
-                time.sleep(delay)
+                with self._condition:
+                    # Woken early by close(), which retries at the shortest back-off: a sink
+                    # that recovers during the shutdown still gets its records.
+                    self._condition.wait(FIRST_RETRY_S if self._closing else delay)
                 delay = min(delay * 2, LAST_RETRY_S)
                 continue
             delay = FIRST_RETRY_S

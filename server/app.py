@@ -66,7 +66,11 @@ class Gateway:
             config.feedback.max_entries,
         )
         self.metrics.watch_router(self.router)
-        self.monitor = DriftMonitor(_drift_writers(config, state_dir), config.monitoring.queue_size)
+        self.monitor = DriftMonitor(
+            _drift_writers(config, state_dir),
+            config.monitoring.queue_size,
+            config.monitoring.queue_bytes,
+        )
         self.metrics.watch_monitor(self.monitor)
         self.plane = DataPlane(self.repository, self.router, self.metrics, self.monitor)
         tokens = AdminTokens.load(os.environ, config.admin.token_file)

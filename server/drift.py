@@ -27,12 +27,15 @@ async def watch_version(
     reference: dict[str, Column] = {}
     path = monitoring.reference
     try:
+        # Reading, and below profiling, happen off the event loop: a version may be loaded
+        # while the server is busy.
         if path is not None and path.suffix == ".csv":
-            reference = _as_served(await asyncio.to_thread(read_csv, path), signature)
+            table = await asyncio.to_thread(read_csv, path)
+            reference = await asyncio.to_thread(_as_served, table, signature)
         elif path is not None:
             names = [spec.name for spec in signature.inputs]
             inputs = await asyncio.to_thread(read_npz, path, names)
-            reference = columns(inputs, batched=True)
+            reference = await asyncio.to_thread(columns, inputs, True)
             reference |= await _output_columns(runner, inputs)
     except UnusableReference as error:
         log.error(
@@ -42,12 +45,13 @@ async def watch_version(
             error,
         )
         reference = {}
-    monitor.watch(
+    await asyncio.to_thread(
+        monitor.watch,
         signature.name,
         signature.version,
         monitoring.settings(),
-        batched=signature.max_batch_size > 0,
-        reference=reference,
+        signature.max_batch_size > 0,
+        reference,
     )
 
 
@@ -73,12 +77,16 @@ async def _output_columns(runner: ModelRunner, inputs: dict[str, np.ndarray]) ->
 
 
 def _as_served(reference: dict[str, Column], signature: ModelSignature) -> dict[str, Column]:
-    """CSV columns of integer and boolean tensors as categories, spelled as live values of
-    those tensors are (``3``, ``True``): a CSV says only that they look like numbers."""
+    """CSV columns as the tensors they describe are served: those of integer and boolean
+    tensors as categories, spelled as live values are (``3``, ``True``); those of
+    floating-point tensors as numbers, an empty cell as NaN (UnusableReference for text)."""
     kinds = {spec.name: spec.datatype for spec in (*signature.inputs, *signature.outputs)}
     typed = dict(reference)
     for name, column in reference.items():
         datatype = kinds.get(name.split("[", 1)[0])
+        if datatype is not None and datatype.dtype.kind == "f" and not column.numeric:
+            typed[name] = Column(_numbers(name, column.values), numeric=True)
+            continue
         if datatype is None or datatype.dtype.kind == "f" or not column.numeric:
             continue
         if datatype.name == "BOOL":
@@ -89,3 +97,10 @@ def _as_served(reference: dict[str, Column], signature: ModelSignature) -> dict[
             ]
         typed[name] = Column(np.array(texts, dtype=object), numeric=False)
     return typed
+
+
+def _numbers(name: str, texts: np.ndarray) -> np.ndarray:
+    try:
+        return np.array([float(text) if text.strip() else np.nan for text in texts])
+    except ValueError:
+        raise UnusableReference(f"column {name} holds text, but {name} is numeric") from None

@@ -153,3 +153,4 @@ class MonitoringConfig(Strict):
     jsonl: JsonlSinkConfig = JsonlSinkConfig()
     sqlite: SqliteSinkConfig | None = None
     queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    queue_bytes: Annotated[int, Field(ge=MiB)] = 256 * MiB

@@ -390,6 +390,50 @@ def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
         rig.monitor.stop(1.0)
 
 
+def test_the_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    gauges = GaugeSink()
+    monitor = DriftMonitor([SinkWriter(gauges)], queue_size=1000, queue_bytes=10_000)
+    monitor.watch(ENDPOINT, "1", settings(), True, {})
+    image = np.zeros((1, 3, 16, 16), np.float32)  # 3,072 bytes: three fit, the fourth not
+    try:
+        for _ in range(5):
+            monitor.offer(ENDPOINT, "1", {"image": image}, {})
+        counters = monitor.counters()[(ENDPOINT, "1")]
+        assert (counters.sampled, counters.dropped) == (3, 2)
+    finally:
+        monitor.stop(1.0)
+
+
+def test_a_window_starts_with_its_first_sample_not_after_a_quiet_spell(rig: Rig) -> None:
+    reference = reference_inputs()
+    rig.monitor.watch(
+        ENDPOINT, "1", settings(window_seconds=0.4), True, reference_columns(reference)
+    )
+    rig.monitor.start()
+    time.sleep(1.0)  # quiet for longer than a window
+    offer_rows(rig.monitor, "1", drawn(reference, 300, seed=6), rows_per_request=100)
+    rig.monitor.stop(5.0)
+
+    (only,) = windows(rig.records()).values()
+    assert overall(only).window_samples == 300
+    assert overall(only).time - overall(only).window_start < 0.4 + 0.5
+
+
+def test_images_are_kept_as_channel_means(rig: Rig) -> None:
+    rng = np.random.default_rng(3)
+    reference = {"image": rng.normal(size=(400, 3, 8, 8)).astype(np.float32)}
+    rig.monitor.watch(ENDPOINT, "1", settings(), True, reference_columns(reference))
+    rig.monitor.start()
+    live = rng.normal(size=(200, 3, 8, 8)).astype(np.float32)
+    live[:, 1] += 5.0  # channel 1 shifted, 0 and 2 as the reference
+    for start in range(0, 200, 20):
+        rig.monitor.offer(ENDPOINT, "1", {"image": live[start : start + 20]}, {})
+    rig.monitor.stop(5.0)
+
+    statuses = {kept.feature: kept.status for kept in rig.records() if kept.statistic == "status"}
+    assert statuses == {"image[0]": "ok", "image[1]": "alert", "image[2]": "ok", "*": "alert"}
+
+
 def test_forget_stops_watching(rig: Rig) -> None:
     reference = reference_inputs()
     for version in ("1", "2"):

@@ -276,7 +276,7 @@ def test_a_missing_file_is_an_unreadable_sink_and_is_not_created(tmp_path: Path)
 def test_a_db_that_is_not_a_database_is_an_unreadable_sink(tmp_path: Path) -> None:
     path = tmp_path / "drift.db"
     path.write_text("hello, this is text\n" * 100, encoding="utf-8")
-    with pytest.raises(UnreadableSink, match="not a drift database"):
+    with pytest.raises(UnreadableSink, match="not a drift record"):
         read_records(path)
 
 
