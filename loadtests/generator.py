@@ -27,7 +27,6 @@ from turnout.loadtests.histogram import LatencyHistogram
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 10_000  # per process in open loop; beyond it, requests are not sent (and counted)
-BACKLOG = "CLIENT_BACKLOG"  # the code of requests an open-loop process could not send
 PROGRESS_S = 1.0
 
 
@@ -56,7 +55,8 @@ class Plan:
     protocol: str
     start_at: float  # time.time() of the run's second 0, the same for every process
     phases: list[PhasePlan]
-    requests: dict[str, list[Rows]]  # endpoint → requests
+    # Phase ("" for those without data of their own) → endpoint → requests.
+    requests: dict[str, dict[str, list[Rows]]]
     drifted: dict[str, dict[str, list[Rows]]]  # phase → endpoint → requests
 
 
@@ -68,6 +68,7 @@ class Tally:
     requests: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)  # "endpoint/version" → answered
+    not_sent: int = 0  # open loop: due, but MAX_IN_FLIGHT were in flight already
 
     def add(self, endpoint: str, outcome: Outcome, latency_us: float) -> None:
         """Count one request."""
@@ -85,6 +86,7 @@ class Tally:
             "requests": self.requests,
             "errors": dict(self.errors),
             "versions": dict(self.versions),
+            "not_sent": self.not_sent,
         }
 
     @classmethod
@@ -95,6 +97,7 @@ class Tally:
             data["requests"],
             Counter(data["errors"]),
             Counter(data["versions"]),
+            data["not_sent"],
         )
 
     def merge(self, other: "Tally") -> None:
@@ -103,29 +106,22 @@ class Tally:
         self.requests += other.requests
         self.errors.update(other.errors)
         self.versions.update(other.versions)
+        self.not_sent += other.not_sent
 
 
 class Recorder:
     """Tallies per second of the run and per phase."""
 
     def __init__(self) -> None:
-        self.seconds: dict[int, Tally] = {}
-        # Seconds already over, in their compact form: a histogram holds tens of KiB while it
-        # is being filled, and a run may last hours.
-        self.sealed: dict[int, dict[str, Any]] = {}
+        self.seconds: dict[int, Tally] = {}  # until handed to the parent
         self.phases: dict[str, Tally] = {}
         self.rewards: Counter[str] = Counter()
 
-    def seal(self, before: int) -> dict[int, dict[str, Any]]:
-        """Compact the seconds before ``before``; returns those just compacted."""
-        done = {second: tally for second, tally in self.seconds.items() if second < before}
-        compact = {}
-        for second, tally in done.items():
-            del self.seconds[second]
-            if second in self.sealed:  # an answer that came late to a sealed second
-                tally.merge(Tally.from_dict(self.sealed[second]))
-            compact[second] = self.sealed[second] = tally.to_dict()
-        return compact
+    def hand_over(self, before: int) -> dict[int, dict[str, Any]]:
+        """The tallies of the seconds before ``before``, forgotten here: the parent adds them
+        up (an answer that comes late to a second handed over is handed over again, alone)."""
+        done = [second for second in self.seconds if second < before]
+        return {second: self.seconds.pop(second).to_dict() for second in done}
 
     def add(
         self, phase: str, second: int, endpoint: str, outcome: Outcome, latency_us: float
@@ -140,11 +136,18 @@ class Recorder:
             phase_tally = self.phases[phase] = Tally()
         phase_tally.add(endpoint, outcome, latency_us)
 
+    def not_sent(self, phase: str, second: int) -> None:
+        """Count a request the process could not send."""
+        for tally in (
+            self.seconds.setdefault(second, Tally()),
+            self.phases.setdefault(phase, Tally()),
+        ):
+            tally.not_sent += 1
+
     def to_dict(self) -> dict[str, Any]:
         """Everything, picklable."""
-        self.seal(max(self.seconds, default=-1) + 1)
         return {
-            "seconds": dict(self.sealed),
+            "seconds": self.hand_over(max(self.seconds, default=-1) + 1),
             "phases": {name: tally.to_dict() for name, tally in self.phases.items()},
             "rewards": dict(self.rewards),
         }
@@ -153,10 +156,17 @@ class Recorder:
 class _Run:
     """The state of one process's run."""
 
-    def __init__(self, plan: Plan, client: Client, prepared: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        client: Client,
+        plain: dict[str, dict[str, list[object]]],
+        drifted: dict[str, dict[str, list[object]]],
+    ) -> None:
         self.plan = plan
         self.client = client
-        self.prepared = prepared
+        self.plain = plain
+        self.drifted = drifted
         self.recorder = Recorder()
         self.rng = random.Random(plan.index)
         self.sequence = 0
@@ -175,7 +185,10 @@ class _Run:
             else self.rng.choices(endpoints, [weight for _, weight in phase.mix])[0]
         )
         drifted = phase.drift_start_s is not None and now >= phase.start_s + phase.drift_start_s
-        pool = self.prepared[phase.name][endpoint] if drifted else self.prepared[""][endpoint]
+        if drifted:
+            pool = self.drifted[phase.name][endpoint]
+        else:
+            pool = self.plain.get(phase.name, self.plain[""])[endpoint]
         index = self.cursor[endpoint] % len(pool)
         self.cursor[endpoint] += 1
         key = f"user-{self.rng.randrange(phase.routing_keys)}" if phase.routing_keys else None
@@ -216,10 +229,7 @@ class _Run:
             if delay > 0:
                 await asyncio.sleep(delay)
             if len(self.in_flight) >= MAX_IN_FLIGHT:
-                endpoint = phase.mix[0][0]
-                self.recorder.add(
-                    phase.name, int(due - self.zero), endpoint, Outcome(False, BACKLOG), 0.0
-                )
+                self.recorder.not_sent(phase.name, int(due - self.zero))
                 continue
             task = asyncio.create_task(self.send(phase, due))
             self.in_flight.add(task)
@@ -244,27 +254,28 @@ class _Run:
             reporter.cancel()
 
     async def report(self, progress: "multiprocessing.Queue[Any]") -> None:
-        """Every second, the tallies of the seconds just finished (for the live line; the
-        final figures come from the result, where late answers are counted too)."""
+        """Every second, the tallies of the seconds just over, so that this process holds no
+        more than a few seconds of them however long the run."""
         while True:
             await asyncio.sleep(PROGRESS_S)
             finished = int(time.perf_counter() - self.zero)
-            progress.put(("progress", self.plan.index, self.recorder.seal(finished)))
+            seconds = self.recorder.hand_over(finished)
+            progress.put(("progress", self.plan.index, (finished, seconds)))
 
 
 async def _run(plan: Plan, progress: "multiprocessing.Queue[Any] | None") -> dict[str, Any]:
     endpoints = sorted({endpoint for phase in plan.phases for endpoint, _ in phase.mix})
-    prepared: dict[str, Any] = {
-        "": {name: prepare(plan.protocol, name, plan.requests[name]) for name in endpoints}
-    }
-    for phase, drifted in plan.drifted.items():
-        prepared[phase] = {
-            name: prepare(plan.protocol, name, requests) for name, requests in drifted.items()
+
+    def encoded(sets: dict[str, dict[str, list[Rows]]]) -> dict[str, dict[str, list[object]]]:
+        return {
+            key: {name: prepare(plan.protocol, name, found) for name, found in by_name.items()}
+            for key, by_name in sets.items()
         }
+
     client = open_client(plan.protocol, plan.target, endpoints)
     cpu_start = time.process_time()
     try:
-        run = _Run(plan, client, prepared)
+        run = _Run(plan, client, encoded(plan.requests), encoded(plan.drifted))
         await run.run(progress)
     finally:
         await client.close()

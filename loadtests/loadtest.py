@@ -17,7 +17,9 @@ import os
 import queue
 import sys
 import time
+import urllib.parse
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ RATE_PER_PROCESS = 1500.0  # requests per second one process sends comfortably (
 CONCURRENCY_PER_PROCESS = 64  # callers per process (closed loop)
 WORKER_GRACE_S = 60.0  # how long after the planned end the workers may take to finish
 ADMIN_TIMEOUT_S = 10.0
+LATE_S = 35  # no answer comes later than this after its second (calls time out at 30 s)
 MAX_PROCESSES = 64
 
 
@@ -76,6 +79,8 @@ def run_command(args: argparse.Namespace) -> int:
         if protocol.startswith("http") != (target.scheme == "http"):
             raise UsageError(f"--protocol {protocol} does not fit the target {target}")
         admin = args.admin or (f"http://{target.address}" if target.scheme == "http" else None)
+        if admin is not None:
+            _check_admin_url(admin)
         if admin is None and any(phase.actions for phase in scenario.phases):
             raise UsageError("the scenario has ops actions: give --admin http://HOST:PORT")
         token = args.token or os.environ.get("TURNOUT_ADMIN_TOKEN")
@@ -99,6 +104,18 @@ def run_command(args: argparse.Namespace) -> int:
     _write(report, args.report)
     _print_summary(report, args.report)
     return 0 if report["passed"] else 1
+
+
+def _check_admin_url(url: str) -> None:
+    from turnout.loadtests.clients import UsageError  # noqa: PLC0415
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = parts.scheme in ("http", "https") and parts.hostname and parts.port is not None
+    except ValueError:  # a port that is not a number, an unclosed [IPv6
+        usable = False
+    if not usable:
+        raise UsageError(f"--admin {url!r}: expected http://HOST:PORT")
 
 
 def _check_report_folder(folder: Path) -> None:
@@ -163,7 +180,7 @@ async def _run(
     cpu_start = time.process_time()
     actions = asyncio.create_task(_act(scenario, start_at, admin, token))
     try:
-        results = await _collect(messages, len(workers), scenario, start_at, quiet)
+        results, timeline = await _collect(messages, workers, scenario, start_at, quiet)
     finally:
         for worker in workers:
             worker.join(5)
@@ -172,7 +189,7 @@ async def _run(
     done_actions = await actions
     # CPU spent while the load ran (imports and preparation left out), of every process.
     cpu = sum(result["cpu_seconds"] for result in results) + time.process_time() - cpu_start
-    return _report(target, protocol, scenario, count, started, results, done_actions, cpu)
+    return _report(target, protocol, scenario, count, started, results, timeline, done_actions, cpu)
 
 
 def _processes_needed(scenario: "Scenario") -> int:
@@ -193,22 +210,26 @@ async def _plans(
     from turnout.loadtests.generator import PhasePlan, Plan  # noqa: PLC0415
 
     endpoints = sorted({name for phase in scenario.phases for name in phase.endpoints or {}})
-    rows = {}
-    batched = {}
-    for endpoint in endpoints:
-        specs = await input_specs(protocol, target, endpoint)
-        rows[endpoint] = load_rows(specs, data or scenario.data)
-        batched[endpoint] = all(spec.shape and spec.shape[0] == -1 for spec in specs)
-    size = scenario.rows_per_request
-    plain = {name: requests(rows[name], size, batched[name]) for name in endpoints}
-    drifted = {
-        phase.name: {
-            name: requests(with_drift(rows[name], phase.drift), size, batched[name])
-            for name in phase.endpoints or {}
-        }
-        for phase in scenario.phases
-        if phase.drift is not None
+    specs = {endpoint: await input_specs(protocol, target, endpoint) for endpoint in endpoints}
+    batched = {
+        endpoint: all(spec.shape and spec.shape[0] == -1 for spec in found)
+        for endpoint, found in specs.items()
     }
+    default = {name: load_rows(specs[name], data or scenario.data) for name in endpoints}
+    size = scenario.rows_per_request
+    plain = {"": {name: requests(default[name], size, batched[name]) for name in endpoints}}
+    drifted = {}
+    for phase in scenario.phases:
+        names = list(phase.endpoints or {})
+        rows = default
+        if phase.data is not None:
+            rows = {name: load_rows(specs[name], phase.data) for name in names}
+            plain[phase.name] = {name: requests(rows[name], size, batched[name]) for name in names}
+        if phase.drift is not None:
+            drifted[phase.name] = {
+                name: requests(with_drift(rows[name], phase.drift), size, batched[name])
+                for name in names
+            }
     start_at = time.time() + START_DELAY_S + 0.5 * count
     plans = []
     for index in range(count):
@@ -239,24 +260,88 @@ def _share(total: int, index: int, count: int) -> int:
     return total // count + (1 if index < total % count else 0)
 
 
+class _Timeline:
+    """The run second by second, added up over the processes as they hand seconds over. A
+    second is cut down to its figures once no answer can still come for it, so a long run
+    holds a few dozen histograms, not one per second."""
+
+    def __init__(self, processes: int) -> None:
+        self.open: dict[int, Tally] = {}
+        self.closed: dict[int, dict[str, Any]] = {}
+        self.reached = [0] * processes  # the second each process has handed over up to
+
+    def add(self, index: int, reached: int, seconds: dict[int, dict[str, Any]]) -> int | None:
+        """Take a process's seconds; returns a second now complete for the live line."""
+        from turnout.loadtests.generator import Tally  # noqa: PLC0415
+
+        shown = min(self.reached)
+        for second, found in seconds.items():
+            tally = Tally.from_dict(found)
+            if second in self.closed:
+                _add_counts(self.closed[second], tally)
+            else:
+                self.open.setdefault(second, Tally()).merge(tally)
+        self.reached[index] = max(self.reached[index], reached)
+        for second in [second for second in self.open if second < min(self.reached) - LATE_S]:
+            self.closed[second] = _second(second, self.open.pop(second))
+        complete = min(self.reached) - 1
+        return complete if complete >= shown and complete in self.open else None
+
+    def entries(self, duration_s: float) -> list[dict[str, Any]]:
+        """One entry per second of the run."""
+        from turnout.loadtests.generator import Tally  # noqa: PLC0415
+
+        return [
+            self.closed.get(second) or _second(second, self.open.get(second, Tally()))
+            for second in range(math.ceil(duration_s))
+        ]
+
+
+def _second(second: int, tally: "Tally") -> dict[str, Any]:
+    latency = tally.latency.percentiles_ms()
+    return {
+        "t": float(second),
+        "requests": tally.requests,
+        "rps": float(tally.requests),
+        "errors": sum(tally.errors.values()),
+        "not_sent": tally.not_sent,
+        "latency_ms": {name: round(latency[name], 4) for name in ("p50", "p90", "p99", "max")},
+        "versions": dict(sorted(tally.versions.items())),
+    }
+
+
+def _add_counts(entry: dict[str, Any], tally: "Tally") -> None:
+    """An answer later than any call may take (it cannot happen): counted, not timed."""
+    entry["requests"] += tally.requests
+    entry["rps"] += tally.requests
+    entry["errors"] += sum(tally.errors.values())
+    entry["not_sent"] += tally.not_sent
+    for key, count in tally.versions.items():
+        entry["versions"][key] = entry["versions"].get(key, 0) + count
+
+
 async def _collect(
     messages: "multiprocessing.Queue[Any]",
-    count: int,
+    workers: "Sequence[multiprocessing.process.BaseProcess]",
     scenario: "Scenario",
     start_at: float,
     quiet: bool,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], _Timeline]:
     from turnout.loadtests.clients import UsageError  # noqa: PLC0415
-    from turnout.loadtests.generator import Tally  # noqa: PLC0415
 
     loop = asyncio.get_running_loop()
     deadline = start_at + scenario.duration_s + WORKER_GRACE_S
     results: dict[int, dict[str, Any]] = {}
-    live: dict[int, dict[int, Tally]] = {}
-    while len(results) < count:
+    timeline = _Timeline(len(workers))
+    while len(results) < len(workers):
         try:
             kind, index, payload = await loop.run_in_executor(None, messages.get, True, 0.5)
         except queue.Empty:
+            for index, worker in enumerate(workers):
+                if index not in results and worker.exitcode is not None:
+                    raise UsageError(
+                        f"load process {index} died (exit status {worker.exitcode})"
+                    ) from None
             if time.time() > deadline:
                 raise UsageError("the load processes did not finish in time") from None
             continue
@@ -264,23 +349,18 @@ async def _collect(
             raise UsageError(f"load process {index} failed: {payload}")
         if kind == "done":
             results[index] = payload
+            timeline.add(index, 1 << 30, payload["seconds"])
             continue
-        for second, tally in payload.items():
-            # A second comes again, whole, when late answers were added to it.
-            live.setdefault(second, {})[index] = Tally.from_dict(tally)
-        if not quiet and payload:
-            _progress(live, max(payload), scenario)
+        reached, seconds = payload
+        complete = timeline.add(index, reached, seconds)
+        if not quiet and complete is not None:
+            _progress(timeline.open[complete], complete, scenario)
     if not quiet:
         print(file=sys.stderr)
-    return [results[index] for index in sorted(results)]
+    return [results[index] for index in sorted(results)], timeline
 
 
-def _progress(live: dict[int, dict[int, "Tally"]], second: int, scenario: "Scenario") -> None:
-    from turnout.loadtests.generator import Tally  # noqa: PLC0415
-
-    tally = Tally()
-    for part in live[second].values():
-        tally.merge(part)
+def _progress(tally: "Tally", second: int, scenario: "Scenario") -> None:
     phase = _phase_at(scenario, second)
     latency = tally.latency.percentiles_ms()
     errors = sum(tally.errors.values())
@@ -366,7 +446,7 @@ def _admin_call(admin: str, token: str | None, action: "ActionConfig") -> dict[s
     except urllib.error.HTTPError as error:
         text = error.read().decode(errors="replace")[:500]
         return {"ok": False, "status": error.code, "error": text}
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, OSError, ValueError) as error:
         return {"ok": False, "status": None, "error": str(error)}
 
 
@@ -377,17 +457,15 @@ def _report(
     processes: int,
     started: datetime,
     results: list[dict[str, Any]],
+    timeline: _Timeline,
     actions: list[dict[str, Any]],
     cpu_seconds: float,
 ) -> dict[str, Any]:
     from turnout.loadtests.generator import Tally  # noqa: PLC0415
 
-    seconds: dict[int, Tally] = {}
     phases: dict[str, Tally] = {phase.name: Tally() for phase in scenario.phases}
     rewards: Counter[str] = Counter()
     for result in results:
-        for second, tally in result["seconds"].items():
-            seconds.setdefault(int(second), Tally()).merge(Tally.from_dict(tally))
         for name, tally in result["phases"].items():
             phases[name].merge(Tally.from_dict(tally))
         rewards.update(result["rewards"])
@@ -404,20 +482,6 @@ def _report(
             {"name": phase.name, "start_s": offset, "end_s": offset + phase.duration_s, **figures}
         )
         offset += phase.duration_s
-    timeline = []
-    for second in range(math.ceil(duration)):
-        tally = seconds.get(second, Tally())
-        latency = tally.latency.percentiles_ms()
-        timeline.append(
-            {
-                "t": float(second),
-                "requests": tally.requests,
-                "rps": float(tally.requests),
-                "errors": sum(tally.errors.values()),
-                "latency_ms": {name: latency[name] for name in ("p50", "p90", "p99", "max")},
-                "versions": dict(sorted(tally.versions.items())),
-            }
-        )
     passed = all(check["passed"] for phase in phase_reports for check in phase["assertions"])
     return {
         "tool": "turnout loadtest",
@@ -429,7 +493,7 @@ def _report(
         "processes": processes,
         "duration_s": duration,
         **_figures(total, duration),
-        "timeline": timeline,
+        "timeline": timeline.entries(duration),
         "actions": actions,
         "phases": phase_reports,
         "rewards": dict(rewards),
@@ -448,7 +512,8 @@ def _mode(scenario: "Scenario") -> str:
 
 
 def _figures(tally: "Tally", duration_s: float) -> dict[str, Any]:
-    errors = sum(tally.errors.values())
+    errors = sum(tally.errors.values()) + tally.not_sent
+    due = tally.requests + tally.not_sent
     per_version: dict[str, dict[str, int]] = {}
     for key, count in sorted(tally.versions.items()):
         endpoint, _, version = key.rpartition("/")
@@ -460,7 +525,8 @@ def _figures(tally: "Tally", duration_s: float) -> dict[str, Any]:
             name: round(value, 4) for name, value in tally.latency.percentiles_ms().items()
         },
         "errors": dict(sorted(tally.errors.items())),
-        "error_rate": round(errors / tally.requests, 6) if tally.requests else 0.0,
+        "not_sent": tally.not_sent,
+        "error_rate": round(errors / due, 6) if due else 0.0,
         "requests_per_version": per_version,
     }
 

@@ -86,11 +86,17 @@ class PhaseConfig(Strict):
     rate: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
     arrival: Literal["poisson", "fixed"] = "poisson"
     endpoints: dict[Name, Annotated[float, Field(gt=0)]] | None = None  # mix by weight
+    data: Path | None = None  # this phase's rows (default: the scenario's)
     drift: DriftConfig | None = None  # injected into the inputs from drift.start_s on
     routing_keys: Annotated[int, Field(ge=1)] | None = None  # sticky keys drawn per request
     rewards: dict[Name, dict[str, Share]] | None = None  # endpoint → version → P(reward 1)
     actions: list[ActionConfig] = Field(default_factory=list)
     expect: Expectations = Expectations()
+
+    @field_validator("data")
+    @classmethod
+    def _data_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _existing(value, info)
 
     @model_validator(mode="after")
     def _one_load(self) -> "PhaseConfig":
@@ -113,10 +119,7 @@ class Scenario(Strict):
     @field_validator("data")
     @classmethod
     def _data_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        path = resolve_path(value, info)
-        if path is not None and not path.is_file():
-            raise ValueError("file not found")
-        return path
+        return _existing(value, info)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Scenario":
@@ -129,6 +132,14 @@ class Scenario(Strict):
     def duration_s(self) -> float:
         """The length of every phase together."""
         return sum(phase.duration_s for phase in self.phases)
+
+
+def _existing(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A data file named in the scenario, relative to the scenario's folder."""
+    path = resolve_path(value, info)
+    if path is not None and not path.is_file():
+        raise ValueError("file not found")
+    return path
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -229,6 +229,20 @@ def test_a_missing_data_file_is_named(tmp_path: Path) -> None:
     assert problems == ["data: file not found"], problems
 
 
+def test_a_phase_may_have_data_of_its_own(tmp_path: Path) -> None:
+    np.savez(tmp_path / "shifted.npz", INPUT0=np.ones((4, 64), np.float32))
+    scenario = load_scenario(
+        _write(
+            tmp_path / "s.yaml",
+            {"phases": [_phase(name="before"), _phase(name="after", data="shifted.npz")]},
+        )
+    )
+    assert scenario.data is None
+    assert [phase.data for phase in scenario.phases] == [None, tmp_path / "shifted.npz"]
+    problems = _problems(tmp_path / "bad.yaml", {"phases": [_phase(name="after", data="gone.npz")]})
+    assert problems == ["phases[0].data: file not found"], problems
+
+
 def test_a_yaml_syntax_error_says_where(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("phases: [\n  {name: a\n", encoding="utf-8")
