@@ -18,7 +18,8 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise InvalidInput("Content-Length must be a non-negative integer")
-        if int(declared) > limit:
+        digits = declared.lstrip("0") or "0"
+        if len(digits) > len(str(limit)) or int(digits) > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
     received = 0

@@ -121,13 +121,20 @@ async def _unless_disconnected(receive: Receive, work: Awaitable[_Result]) -> _R
         watcher.cancel()
 
 
+MAX_LENGTH_DIGITS = 20
+
+
 def _header_length(headers: dict[str, str]) -> int | None:
     value = headers.get(HEADER_LENGTH)
     if value is None:
         return None
-    if not (value.isascii() and value.isdigit()):
-        raise InvalidInput("Inference-Header-Content-Length must be a non-negative integer")
-    return int(value)
+    # Twenty digits hold any length a body can have; more would only make int() work hard.
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > MAX_LENGTH_DIGITS:
+        raise InvalidInput(
+            "Inference-Header-Content-Length must be a non-negative integer of at most "
+            f"{MAX_LENGTH_DIGITS} digits"
+        )
+    return int(value.lstrip("0") or "0")
 
 
 def _check_content_type(headers: dict[str, str], binary: bool) -> None:
