@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import onnx
 import yaml
 
 from turnout.loadtests.harness import (
@@ -36,8 +35,9 @@ from turnout.loadtests.harness import (
     served,
     turnout_command,
     turnout_ports,
+    write_demo_model,
 )
-from turnout.server.demo import DEMO_MODEL, FEATURES, build_mlp
+from turnout.server.demo import DEMO_MODEL, FEATURES
 
 
 def _children_cpu() -> float:
@@ -106,9 +106,7 @@ def run(
     cells: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
-        model = work / "models" / DEMO_MODEL / "1" / "model.onnx"
-        model.parent.mkdir(parents=True)
-        onnx.save(build_mlp(seed=1), model)
+        model = write_demo_model(work)
         ready = work / "turnout.json"
         analyzer = PerfAnalyzer(pa_venv, work)
         window_ms = int(duration_s * 1000)

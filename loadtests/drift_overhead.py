@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import yaml
 
 from turnout.loadtests.harness import (
@@ -36,8 +35,9 @@ from turnout.loadtests.harness import (
     machine,
     served,
     turnout_ports,
+    write_demo_model,
 )
-from turnout.server.demo import DEMO_MODEL, FEATURES, build_mlp, reference_inputs
+from turnout.server.demo import DEMO_MODEL, FEATURES, REFERENCE_SEED, reference_inputs
 
 SETTINGS: dict[str, dict[str, Any] | None] = {
     "monitoring off": None,
@@ -127,10 +127,9 @@ def run(client: str, rounds: int, requests: int, pa_venv: Path | None) -> dict[s
     """Measure each setting; returns the report."""
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
-        model = work / "models" / DEMO_MODEL / "1" / "model.onnx"
-        model.parent.mkdir(parents=True)
-        onnx.save(build_mlp(seed=1), model)
-        np.savez(model.parent.parent / "reference.npz", INPUT0=reference_inputs(seed=7))
+        model = write_demo_model(work)
+        reference = reference_inputs(seed=REFERENCE_SEED)
+        np.savez(model.parent.parent / "reference.npz", INPUT0=reference)
         with _servers(work) as every:
             grpc_endpoints = [every[label] for label in SETTINGS]
             if client == "perf_analyzer":

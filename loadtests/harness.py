@@ -20,12 +20,13 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import onnxruntime as ort
 import orjson
 
 from turnout.protos import inference_pb2 as pb
 from turnout.protos import inference_pb2_grpc as pb_grpc
-from turnout.server.demo import DEMO_MODEL, FEATURES
+from turnout.server.demo import DEMO_MODEL, FEATURES, build_mlp
 
 START_TIMEOUT_S = 120.0
 
@@ -65,6 +66,15 @@ def turnout_ports(ready_file: Path) -> tuple[int, int]:
     """The HTTP and gRPC ports a started Turnout reported."""
     ports = json.loads(ready_file.read_text())
     return int(ports["http_port"]), int(ports["grpc_port"])
+
+
+def write_demo_model(work: Path) -> Path:
+    """The demo's MLP (version 1's weights) as ``work/models/mlp/1/model.onnx``, a one-model
+    repository under ``work/models``; returns the model's path."""
+    model = work / "models" / DEMO_MODEL / "1" / "model.onnx"
+    model.parent.mkdir(parents=True)
+    onnx.save(build_mlp(seed=1), model)
+    return model
 
 
 def sample_row(features: int) -> np.ndarray:

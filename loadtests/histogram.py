@@ -2,11 +2,9 @@
 worker processes merge exactly: a merge is a sum of bucket counts.
 
 Bucket layout: each power of two from 1 µs to 2**32 µs (about 71.6 minutes) is split into 1024
-equal sub-buckets. A bucket is named by the float64 exponent and top ten mantissa bits of its
-values, so the index is exact bit arithmetic (the same for one value and for a numpy array), and
-a bucket's width is at most 1/1024 (0.098 %) of any value in it. Values below 1 µs share the first
-bucket; values from 2**32 µs up share the last one. Beside the buckets, the count, min and max
-are kept exactly and the sum (for the mean) as a float64.
+equal sub-buckets, so a bucket's width is at most 1/1024 (0.098 %) of any value in it. Values
+below 1 µs share the first bucket; values from 2**32 µs up share the last one. Beside the
+buckets, the count, min and max are kept exactly and the sum (for the mean) as a float64.
 """
 
 import math
@@ -21,12 +19,6 @@ OCTAVES = 32
 BUCKETS = OCTAVES * SUB_BUCKETS
 RELATIVE_PRECISION = 1 / SUB_BUCKETS
 """The most a percentile can exceed the true value by, relative to it (for values from 1 µs)."""
-
-_MANTISSA_BITS = 52
-_EXPONENT_BIAS = 1023
-# float64 bits >> 42 is (biased exponent, top ten mantissa bits); this makes 1.0 bucket 0.
-_INDEX_SHIFT = _MANTISSA_BITS - SUB_BUCKET_BITS
-_INDEX_OF_ONE = _EXPONENT_BIAS << SUB_BUCKET_BITS
 
 SUMMARY_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 
@@ -56,26 +48,6 @@ class LatencyHistogram:
         self._counts[bucket - self._first_bucket] += 1
         self._add_totals(1, float(value_us), float(value_us), float(value_us))
 
-    def record_many(self, values_us: npt.ArrayLike) -> None:
-        """Count every latency in an array; raise ``ValueError`` if any is negative or not
-        finite (then none is counted)."""
-        values = np.asarray(values_us, dtype=np.float64).ravel()
-        if values.size == 0:
-            return
-        lowest, highest = float(values.min()), float(values.max())
-        if not (lowest >= 0.0 and highest < math.inf):  # also false when a value is NaN
-            raise ValueError("latencies must be finite and >= 0")
-        indices = np.right_shift(values.view(np.int64), _INDEX_SHIFT) - _INDEX_OF_ONE
-        np.clip(indices, 0, BUCKETS - 1, out=indices)
-        # the index grows with the value, so the extremes bound the buckets touched
-        first, last = _bucket_of(lowest), _bucket_of(highest)
-        self._cover(first, last)
-        start = first - self._first_bucket
-        self._counts[start : start + last - first + 1] += np.bincount(
-            indices - first, minlength=last - first + 1
-        )
-        self._add_totals(values.size, float(values.sum()), lowest, highest)
-
     def merge(self, other: "LatencyHistogram") -> None:
         """Add ``other``'s values to this histogram."""
         if other._count == 0:
@@ -85,12 +57,6 @@ class LatencyHistogram:
         start = other_first - self._first_bucket
         self._counts[start : start + other._counts.size] += other._counts
         self._add_totals(other._count, other._sum_us, other._min_us, other._max_us)
-
-    def copy(self) -> "LatencyHistogram":
-        """An independent histogram with the same values."""
-        duplicate = LatencyHistogram()
-        duplicate.merge(self)
-        return duplicate
 
     @property
     def count(self) -> int:
@@ -111,9 +77,6 @@ class LatencyHistogram:
     def mean_us(self) -> float:
         """The mean of the values recorded (0.0 when empty)."""
         return self._sum_us / self._count if self._count else 0.0
-
-    def __len__(self) -> int:
-        return self._count
 
     def percentile(self, q: float) -> float:
         """The value at percentile ``q`` (0 to 100), by nearest rank: the upper bound of the
@@ -208,7 +171,7 @@ class LatencyHistogram:
 
 
 def _bucket_of(value_us: float) -> int:
-    """The bucket of one value; the same arithmetic as ``record_many``'s bit shift."""
+    """The bucket of one value."""
     if value_us < 1.0:
         return 0
     mantissa, exponent = math.frexp(value_us)  # value = mantissa * 2**exponent, 0.5 <= mantissa < 1

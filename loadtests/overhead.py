@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from turnout.loadtests.harness import (
     Endpoint,
@@ -35,10 +34,11 @@ from turnout.loadtests.harness import (
     time_calls,
     turnout_command,
     turnout_ports,
+    write_demo_model,
 )
 from turnout.models.providers import CPU
 from turnout.models.session import SessionSettings, create_session
-from turnout.server.demo import DEMO_MODEL, FEATURES, build_mlp
+from turnout.server.demo import DEMO_MODEL, FEATURES
 
 
 @contextlib.contextmanager
@@ -93,9 +93,7 @@ def run(client: str, rounds: int, requests: int, pa_venv: Path | None) -> dict[s
     """Measure every target; returns the report."""
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
-        model = work / "models" / DEMO_MODEL / "1" / "model.onnx"
-        model.parent.mkdir(parents=True)
-        onnx.save(build_mlp(seed=1), model)
+        model = write_demo_model(work)
         with _servers(work, model) as endpoints:
             if client == "perf_analyzer":
                 if pa_venv is None:

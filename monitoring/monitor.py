@@ -80,7 +80,6 @@ class _Version:
         self.window_clock = time.monotonic()
         self.tokens = settings.max_samples_per_s
         self.refilled = time.monotonic()
-        self.status: Status = "ok"
 
 
 class DriftMonitor:
@@ -144,10 +143,6 @@ class DriftMonitor:
     def counters(self) -> dict[tuple[str, str], MonitorCounters]:
         """The counters of every watched version."""
         return {key: watched.counters for key, watched in self._versions.items()}
-
-    def statuses(self) -> dict[tuple[str, str], Status]:
-        """The latest overall status of every watched version."""
-        return {key: watched.status for key, watched in self._versions.items()}
 
     def start(self) -> None:
         """Start the worker thread."""
@@ -350,7 +345,6 @@ class DriftMonitor:
             time.sleep(0)
         overall = worst(statuses)
         record(STATUS_FEATURE, "status", float(LEVELS[overall]), overall)
-        watched.status = overall
         watched.counters.windows += 1
         return records
 

@@ -8,9 +8,14 @@ import numpy as np
 
 from turnout.models.runner import ModelRunner
 from turnout.models.types import ModelRequest, ModelSignature
-from turnout.monitoring.features import Column, columns
+from turnout.monitoring.features import Column
 from turnout.monitoring.monitor import DriftMonitor
-from turnout.monitoring.reference import UnusableReference, read_csv, read_npz
+from turnout.monitoring.reference import (
+    UnusableReference,
+    read_csv,
+    read_npz,
+    reference_columns,
+)
 from turnout.server.monitoring_config import ModelMonitoring
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,7 @@ async def watch_version(
         elif path is not None:
             names = [spec.name for spec in signature.inputs]
             inputs = await asyncio.to_thread(read_npz, path, names)
-            reference = await asyncio.to_thread(columns, inputs, True)
+            reference = await asyncio.to_thread(reference_columns, inputs)
             reference |= await _output_columns(runner, inputs)
     except UnusableReference as error:
         log.error(
@@ -73,7 +78,7 @@ async def _output_columns(runner: ModelRunner, inputs: dict[str, np.ndarray]) ->
     except Exception as error:
         raise UnusableReference(f"the model did not run on it ({error})") from None
     merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    return columns(merged, batched=True)
+    return reference_columns(merged)
 
 
 def _as_served(reference: dict[str, Column], signature: ModelSignature) -> dict[str, Column]:

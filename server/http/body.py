@@ -11,16 +11,26 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
+MAX_COUNT_DIGITS = 20  # any byte count a request can carry; int() of more is wasted work
+
+
+def byte_count(value: str, header: str) -> int:
+    """A header's byte count; InvalidInput unless it is a decimal of at most MAX_COUNT_DIGITS
+    digits (leading zeros aside)."""
+    digits = value.lstrip("0") or "0"
+    if not (value.isascii() and value.isdigit()) or len(digits) > MAX_COUNT_DIGITS:
+        raise InvalidInput(
+            f"{header} must be a non-negative integer of at most {MAX_COUNT_DIGITS} digits"
+        )
+    return int(digits)
+
+
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     """The whole body, decompressed; PayloadTooLarge as soon as it passes ``limit`` bytes
     (before reading anything when Content-Length already says so)."""
     declared = headers.get("content-length")
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            raise InvalidInput("Content-Length must be a non-negative integer")
-        digits = declared.lstrip("0") or "0"
-        if len(digits) > len(str(limit)) or int(digits) > limit:
-            raise _too_large(limit)
+    if declared is not None and byte_count(declared, "Content-Length") > limit:
+        raise _too_large(limit)
     chunks: list[bytes] = []
     received = 0
     while True:

@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from turnout.errors import ClientDisconnected, InvalidInput, TurnoutError, UnsupportedMediaType
+from turnout.errors import ClientDisconnected, TurnoutError, UnsupportedMediaType
 from turnout.server.dataplane import DataPlane
-from turnout.server.http.body import Receive, read_body
+from turnout.server.http.body import Receive, byte_count, read_body
 from turnout.server.http.codec import decode_request, encode_response
 from turnout.server.http.errors import error_body, error_headers, status_for
 
@@ -121,20 +121,9 @@ async def _unless_disconnected(receive: Receive, work: Awaitable[_Result]) -> _R
         watcher.cancel()
 
 
-MAX_LENGTH_DIGITS = 20
-
-
 def _header_length(headers: dict[str, str]) -> int | None:
     value = headers.get(HEADER_LENGTH)
-    if value is None:
-        return None
-    # Twenty digits hold any length a body can have; more would only make int() work hard.
-    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > MAX_LENGTH_DIGITS:
-        raise InvalidInput(
-            "Inference-Header-Content-Length must be a non-negative integer of at most "
-            f"{MAX_LENGTH_DIGITS} digits"
-        )
-    return int(value.lstrip("0") or "0")
+    return None if value is None else byte_count(value, "Inference-Header-Content-Length")
 
 
 def _check_content_type(headers: dict[str, str], binary: bool) -> None:
