@@ -65,6 +65,7 @@ class VersionCounters:
     rejected: int = 0
     expired: int = 0
     abandoned: int = 0
+    abandoned_runs: int = 0
     queued: int = 0
     cache: CacheCounters = field(default_factory=CacheCounters)
 

@@ -14,6 +14,7 @@ Feed = dict[str, Any]
 Outputs = list[np.ndarray]
 RunResult = tuple[Outputs, float]
 Completion = Callable[[RunResult | None, BaseException | None], None]
+SessionFactory = Callable[[], ort.InferenceSession]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +32,24 @@ class OrtInstance:
     With a ``binding``, runs go through ONNX Runtime's I/O binding: inputs are bound from host
     memory (copied to the device once, by ONNX Runtime) and outputs allocated on the binding's
     device, then copied to the host in one step, instead of run()'s per-call allocations.
+
+    ``new_session`` makes another session like this one's, for a ``replacement`` when this
+    instance is abandoned.
     """
 
     def __init__(
-        self, session: ort.InferenceSession, thread_name: str, binding: Binding | None = None
+        self,
+        session: ort.InferenceSession,
+        thread_name: str,
+        binding: Binding | None = None,
+        new_session: SessionFactory | None = None,
     ) -> None:
         self.session = session
         self.binding = binding
+        self.thread_name = thread_name
+        self.abandoned = False
+        self._new_session = new_session
+        self._run_options = ort.RunOptions()
         self._staging: dict[str, np.ndarray] = {}
         self._jobs: queue.SimpleQueue[tuple[Feed, list[str], Completion] | None] = (
             queue.SimpleQueue()
@@ -74,15 +86,30 @@ class OrtInstance:
         self._jobs.put(None)
         self._thread.join()
 
+    def abandon(self) -> None:
+        """Give up on the run in progress: ask ONNX Runtime to stop it (it checks between
+        operators, so a single long operator still runs to its end) and let the thread end
+        after it, without waiting. Its completion is still called; the caller ignores it."""
+        self.abandoned = True
+        self._run_options.terminate = True
+        self._jobs.put(None)
+
+    def replacement(self) -> "OrtInstance":
+        """A new instance with a session of its own, made like this one's. Blocks (it loads the
+        model); RuntimeError when this instance was not given a way to make sessions."""
+        if self._new_session is None:
+            raise RuntimeError(f"instance {self.thread_name} cannot be replaced")
+        return OrtInstance(self._new_session(), self.thread_name, self.binding, self._new_session)
+
     def _run(self, feed: Feed, output_names: list[str]) -> Outputs:
         if self.binding is None:
-            return list(self.session.run(output_names, feed))
+            return list(self.session.run(output_names, feed, self._run_options))
         io = self.session.io_binding()
         for name, array in feed.items():
             io.bind_cpu_input(name, array)
         for name in output_names:
             io.bind_output(name, self.binding.device_type, self.binding.device_id)
-        self.session.run_with_iobinding(io)
+        self.session.run_with_iobinding(io, self._run_options)
         return list(io.copy_outputs_to_cpu())
 
     def _work(self) -> None:

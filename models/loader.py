@@ -1,5 +1,6 @@
 """Loading one model version: sessions on the chosen providers, signature, warm-up."""
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Literal
 import onnxruntime as ort
 
 from turnout.models.cache import CacheSettings
-from turnout.models.instance import Binding, OrtInstance
+from turnout.models.instance import Binding, OrtInstance, SessionFactory
 from turnout.models.providers import CPU, Device, provider_chain, report_fallback
 from turnout.models.runner import ModelRunner
 from turnout.models.scheduler import BatchPolicy
@@ -49,6 +50,7 @@ class VersionSpec:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 512
     timeout_s: float | None = None
+    run_timeout_s: float | None = None
     cache: CacheSettings | None = None
     io_binding: IoBinding = "auto"
     warmup: bool = True
@@ -72,30 +74,29 @@ def load_version(spec: VersionSpec, cpu_instances_sharing: int = 1) -> ModelRunn
     Raises whatever ONNX Runtime raises for a model it cannot load, or UnsupportedModel.
     """
     available = ort.get_available_providers()
-    placed: list[tuple[PlacedGroup, list[ort.InferenceSession]]] = []
+    placed: list[tuple[PlacedGroup, list[ort.InferenceSession], SessionFactory]] = []
     for group in spec.instance_groups:
         requested = provider_chain(group.device, spec.tensorrt, available, spec.label)
-        sessions = [
-            create_session(spec.path, spec.session, requested, cpu_instances_sharing)
-            for _ in range(group.count)
-        ]
+        make_session: SessionFactory = functools.partial(
+            create_session, spec.path, spec.session, requested, cpu_instances_sharing
+        )
+        sessions = [make_session() for _ in range(group.count)]
         granted = tuple(sessions[0].get_providers())
         report_fallback(spec.label, requested, granted)
         on_gpu = granted[0] != CPU
         kind: Literal["cpu", "gpu"] = "gpu" if on_gpu else "cpu"
-        placed.append(
-            (PlacedGroup(kind, group.device.index if on_gpu else 0, group.count, granted), sessions)
-        )
+        placed_group = PlacedGroup(kind, group.device.index if on_gpu else 0, group.count, granted)
+        placed.append((placed_group, sessions, make_session))
     signature = read_signature(placed[0][1][0], spec.name, spec.version, spec.max_batch_size)
     # ONNX Runtime binds only numeric tensors.
     bindable = not any(t.datatype.is_bytes for t in (*signature.inputs, *signature.outputs))
     instances: list[OrtInstance] = []
-    for placed_group, sessions in placed:
+    for placed_group, sessions, group_sessions in placed:
         binding = _binding(spec.io_binding, placed_group) if bindable else None
         for session in sessions:
             thread_name = f"ort-{spec.name}-{spec.version}-{len(instances)}"
-            instances.append(OrtInstance(session, thread_name, binding))
-    groups = [placed_group for placed_group, _ in placed]
+            instances.append(OrtInstance(session, thread_name, binding, group_sessions))
+    groups = [placed_group for placed_group, _, _ in placed]
     try:
         too_big = [size for size in spec.preferred_batch_sizes if size > signature.max_batch_size]
         if too_big:
@@ -107,6 +108,7 @@ def load_version(spec: VersionSpec, cpu_instances_sharing: int = 1) -> ModelRunn
             max_queue_delay_s=spec.max_queue_delay_s,
             preferred_batch_sizes=spec.preferred_batch_sizes,
             max_queue_size=spec.max_queue_size,
+            run_timeout_s=spec.run_timeout_s,
         )
         runner = ModelRunner(
             signature, Placement(tuple(groups)), instances, policy, spec.cache, spec.timeout_s

@@ -22,6 +22,15 @@ class VersionEntry:
     reason: str = ""
     runner: ModelRunner | None = None
 
+    @property
+    def serving(self) -> bool:
+        """Ready, with at least one instance (none while every one is being replaced)."""
+        return (
+            self.state is VersionState.READY
+            and self.runner is not None
+            and self.runner.ready_instances > 0
+        )
+
 
 def version_order(version: str) -> tuple[int, str]:
     """Sort key putting versions in numeric order."""
@@ -127,7 +136,7 @@ class ModelRepository:
 
     def is_ready(self) -> bool:
         """Whether every configured version is ready to serve."""
-        return all(entry.state is VersionState.READY for entry in self.entries())
+        return all(entry.serving for entry in self.entries())
 
     def close(self) -> None:
         """Stop every loaded version's instances (after their queued runs finish)."""

@@ -44,13 +44,20 @@ class ModelRunner:
             tuple(spec.name for spec in signature.inputs),
             self._all_outputs,
             self.counters,
+            self._replacement,
         )
+        self._warmup = False
         self._cache = (
             ResultCache(cache, f"{signature.name}\0{signature.version}", self.counters.cache)
             if cache is not None
             else None
         )
         self._flights: dict[bytes, asyncio.Future[ScheduledResult]] = {}
+
+    @property
+    def ready_instances(self) -> int:
+        """Instances serving now; fewer than configured while an abandoned one is replaced."""
+        return self._scheduler.ready_instances
 
     @property
     def has_cache(self) -> bool:
@@ -158,13 +165,29 @@ class ModelRunner:
         return feed
 
     def warm_up(self) -> None:
-        """Run every instance once on zeros (blocking; called while loading)."""
+        """Run every instance once on zeros (blocking; called while loading). Replacements of
+        abandoned instances are warmed up the same way."""
+        self._warmup = True
+        for instance in self._instances:
+            self._warm(instance)
+
+    def _warm(self, instance: OrtInstance) -> None:
         feed: Feed = {
             spec.name: _zeros(spec.shape, spec.datatype.dtype, spec.datatype.is_bytes)
             for spec in self.signature.inputs
         }
-        for instance in self._instances:
-            instance.run_now(feed, list(self._all_outputs))
+        instance.run_now(feed, list(self._all_outputs))
+
+    def _replacement(self, abandoned: OrtInstance) -> OrtInstance:
+        """The instance that takes an abandoned one's place (blocking: loads the model)."""
+        instance = abandoned.replacement()
+        if self._warmup:
+            try:
+                self._warm(instance)
+            except BaseException:
+                instance.close()
+                raise
+        return instance
 
     async def settle(self) -> None:
         """Return once no request is queued or running on this version."""
@@ -172,7 +195,7 @@ class ModelRunner:
 
     def close(self) -> None:
         """Let queued runs finish, then stop the instances' threads."""
-        for instance in self._instances:
+        for instance in self._scheduler.close():
             instance.close()
 
 

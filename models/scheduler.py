@@ -9,9 +9,11 @@ here runs on the event loop; only the model runs happen on the instances' thread
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtInvalidArgument
 
-from turnout.errors import DeadlineExceeded, InvalidInput, Overloaded
+from turnout.errors import DeadlineExceeded, InvalidInput, Overloaded, RunFailed
 from turnout.models.accounting import VersionCounters
 from turnout.models.instance import Feed, OrtInstance, RunResult
 from turnout.models.types import RunStats
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 ScheduledResult = tuple[Outputs, RunStats]
+Replace = Callable[[OrtInstance], OrtInstance]
+# Waits between attempts to replace an abandoned instance whose replacement failed to load.
+REPLACE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,7 @@ class BatchPolicy:
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 512
+    run_timeout_s: float | None = None
 
 
 class _State(enum.Enum):
@@ -86,7 +92,12 @@ class _Pending:
 
 
 class Scheduler:
-    """Queues, batches and dispatches the requests of one model version."""
+    """Queues, batches and dispatches the requests of one model version.
+
+    A run still going after ``policy.run_timeout_s`` fails its batch's requests (RunFailed) and
+    its instance is abandoned; ``replace`` (called on a worker thread) makes the instance that
+    takes its place, and until it is ready the version has one instance fewer.
+    """
 
     def __init__(
         self,
@@ -96,8 +107,13 @@ class Scheduler:
         input_names: tuple[str, ...],
         output_names: tuple[str, ...],
         counters: VersionCounters,
+        replace: Replace | None = None,
     ) -> None:
         self._label = label
+        self.instances = list(instances)
+        self._replace = replace
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._closed = False
         self._idle = deque(instances)
         self._policy = policy
         self._input_names = input_names
@@ -140,6 +156,18 @@ class Scheduler:
                 self._leave_queue(entry)
                 counters.abandoned += 1
             raise
+
+    @property
+    def ready_instances(self) -> int:
+        """Instances able to take a batch now or once their run ends (not being replaced)."""
+        return len(self.instances)
+
+    def close(self) -> list[OrtInstance]:
+        """Stop replacing instances; returns the live ones, for the caller to close."""
+        self._closed = True
+        for task in self._replacing:
+            task.cancel()
+        return list(self.instances)
 
     async def settle(self) -> None:
         """Return once nothing is queued or running."""
@@ -263,11 +291,25 @@ class Scheduler:
         rows = sum(entry.rows for entry in batch)
         gather_seconds = time.perf_counter() - started
         loop = asyncio.get_running_loop()
+        timeout = self._policy.run_timeout_s
+        watchdog = (
+            loop.call_later(timeout, self._hung, instance, batch, rows)
+            if timeout is not None
+            else None
+        )
 
         def done(result: RunResult | None, error: BaseException | None) -> None:
             try:
                 loop.call_soon_threadsafe(
-                    self._complete, instance, batch, outputs, rows, gather_seconds, result, error
+                    self._complete,
+                    instance,
+                    batch,
+                    outputs,
+                    rows,
+                    gather_seconds,
+                    watchdog,
+                    result,
+                    error,
                 )
             except RuntimeError:  # the loop closed while this ran: nobody waits any more
                 return
@@ -294,9 +336,14 @@ class Scheduler:
         outputs: tuple[str, ...],
         rows: int,
         gather_seconds: float,
+        watchdog: asyncio.TimerHandle | None,
         result: RunResult | None,
         error: BaseException | None,
     ) -> None:
+        if instance.abandoned:
+            return  # its batch was failed when it was abandoned
+        if watchdog is not None:
+            watchdog.cancel()
         self._idle.append(instance)
         self._running -= 1
         try:
@@ -307,6 +354,59 @@ class Scheduler:
         finally:
             self._dispatch()
             self._check_settled()
+
+    def _hung(self, instance: OrtInstance, batch: list[_Pending], rows: int) -> None:
+        """The run of ``batch`` on ``instance`` passed the hard timeout."""
+        timeout = self._policy.run_timeout_s
+        log.error(
+            "%s: a run of %d rows on %s passed the hard timeout of %g s; its %d requests fail "
+            "and the instance is replaced",
+            self._label,
+            rows,
+            instance.thread_name,
+            timeout,
+            len(batch),
+        )
+        instance.abandon()
+        self.instances.remove(instance)
+        self._running -= 1
+        self._counters.abandoned_runs += 1
+        error = RunFailed(f"{self._label}: the run did not finish within {timeout:g} s")
+        for entry in batch:
+            entry.state = _State.DONE
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        if self._replace is not None and not self._closed:
+            task = asyncio.create_task(self._replace_instance(instance))
+            self._replacing.add(task)
+            task.add_done_callback(self._replacing.discard)
+        self._dispatch()
+        self._check_settled()
+
+    async def _replace_instance(self, abandoned: OrtInstance) -> None:
+        assert self._replace is not None
+        for attempt in itertools.count():
+            try:
+                instance = await asyncio.to_thread(self._replace, abandoned)
+            except Exception as error:
+                wait = REPLACE_BACKOFF_S[min(attempt, len(REPLACE_BACKOFF_S) - 1)]
+                log.error(
+                    "%s: replacing %s failed (%s); trying again in %g s",
+                    self._label,
+                    abandoned.thread_name,
+                    error,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                continue
+            if self._closed:
+                await asyncio.to_thread(instance.close)
+                return
+            log.info("%s: %s replaced", self._label, instance.thread_name)
+            self.instances.append(instance)
+            self._idle.append(instance)
+            self._dispatch()
+            return
 
     def _fail(self, batch: list[_Pending], error: BaseException) -> None:
         if isinstance(error, OrtInvalidArgument | OrtFail):

@@ -32,6 +32,7 @@ from turnout.server.grpc.feedback import FeedbackServicer
 from turnout.server.grpc.servicer import InferenceServicer
 from turnout.server.http.admin import OpsEndpoints
 from turnout.server.http.app import HttpFrontEnd
+from turnout.server.http.protocol import ConnectionLimits, guarded
 from turnout.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ class Gateway:
             config.monitoring.queue_bytes,
         )
         self.metrics.watch_monitor(self.monitor)
-        self.plane = DataPlane(self.repository, self.router, self.metrics, self.monitor)
+        limits = config.server.limits
+        self.plane = DataPlane(
+            self.repository, self.router, self.metrics, self.monitor, limits.max_inflight_requests
+        )
         tokens = AdminTokens.load(os.environ, config.admin.token_file)
         log.info(
             "admin API %s", "off (no token configured)" if tokens is None else "on, under /admin/"
@@ -83,10 +87,20 @@ class Gateway:
         server = config.server
         self._http_socket = _bind(server.http)
         self.http_port: int = self._http_socket.getsockname()[1]
+        connection_limits = ConnectionLimits(
+            limits.max_header_bytes,
+            limits.max_headers,
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+            limits.max_connections,
+        )
+        request_limits = limits.request_limits()
         self._http = _HttpServer(
             uvicorn.Config(
-                HttpFrontEnd(self.plane, server.max_request_bytes, ops).app(),
-                http="httptools",
+                HttpFrontEnd(self.plane, server.max_request_bytes, request_limits, ops).app(),
+                http=guarded(connection_limits, self.metrics.http_refusals),
+                ws="none",
+                timeout_keep_alive=limits.keep_alive_timeout_s,
                 lifespan="off",
                 # Client addresses are not used, and trusting X-Forwarded-For is a choice for
                 # whoever puts a proxy in front, not a default.
@@ -99,11 +113,14 @@ class Gateway:
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", server.max_request_bytes),
+                ("grpc.max_metadata_size", limits.max_header_bytes),
+                ("grpc.absolute_max_metadata_size", limits.max_header_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.plane), self._grpc
+            InferenceServicer(self.plane, request_limits), self._grpc
         )
         turnout_grpc.add_FeedbackServicer_to_server(FeedbackServicer(self.plane), self._grpc)
         self.grpc_port: int = self._grpc.add_insecure_port(f"{server.grpc.host}:{server.grpc.port}")

@@ -24,7 +24,9 @@ from turnout.models.session import SessionSettings
 from turnout.router.specs import RouteConfig
 from turnout.schema import NAME_PATTERN, VERSION_PATTERN, Strict, describe_errors, version_text
 from turnout.server.monitoring_config import ModelMonitoring, MonitoringConfig, resolve_path
+from turnout.server.tensors import RequestLimits
 
+KiB = 1024
 MiB = 1024 * 1024
 _Schema = TypeVar("_Schema", bound=BaseModel)
 
@@ -45,6 +47,26 @@ class ListenConfig(Strict):
     port: Annotated[int, Field(ge=0, le=65535)]
 
 
+class LimitsConfig(Strict):
+    """What one client may ask of the process; every bound is on by default."""
+
+    max_header_bytes: Annotated[int, Field(ge=1 * KiB, le=16 * MiB)] = 16 * KiB
+    max_headers: Annotated[int, Field(ge=8, le=10_000)] = 100
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    keep_alive_timeout_s: Annotated[int, Field(ge=1)] = 5
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
+    max_inflight_requests: Annotated[int, Field(ge=1)] = 4096
+    max_tensors: Annotated[int, Field(ge=1)] = 256
+    max_tensor_elements: Annotated[int, Field(ge=1, le=1 << 40)] = 1 << 28
+    max_string_bytes: Annotated[int, Field(ge=1)] = 1 * MiB
+
+    def request_limits(self) -> RequestLimits:
+        """The decoders' share of the limits."""
+        return RequestLimits(self.max_tensors, self.max_tensor_elements, self.max_string_bytes)
+
+
 class ServerConfig(Strict):
     """Listeners and limits of the process."""
 
@@ -52,6 +74,7 @@ class ServerConfig(Strict):
     grpc: ListenConfig = ListenConfig(port=8001)
     max_request_bytes: Annotated[int, Field(gt=0)] = 64 * MiB
     drain_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    limits: LimitsConfig = LimitsConfig()
 
 
 class SessionConfig(Strict):
@@ -122,6 +145,7 @@ class ModelSettings(Strict):
     dynamic_batching: DynamicBatchingConfig = DynamicBatchingConfig()
     max_queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 512
     timeout_ms: Annotated[float, Field(gt=0)] | None = None
+    run_timeout_s: Annotated[float, Field(gt=0)] | None = 60.0
     cache: CacheConfig | None = None
     io_binding: Literal["auto", "on", "off"] = "auto"
 
@@ -184,6 +208,7 @@ class ModelSettings(Strict):
             preferred_batch_sizes=tuple(sorted(set(batching.preferred_batch_sizes))),
             max_queue_size=self.max_queue_size,
             timeout_s=self.timeout_ms / 1000 if self.timeout_ms is not None else None,
+            run_timeout_s=self.run_timeout_s,
             cache=CacheSettings(self.cache.max_bytes, self.cache.ttl_s) if self.cache else None,
             io_binding=self.io_binding,
             warmup=self.warmup,

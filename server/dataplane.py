@@ -12,15 +12,15 @@ from types import TracebackType
 from typing import Any
 
 from turnout import __version__
-from turnout.errors import InternalError, InvalidInput, Unavailable, quoted
+from turnout.errors import InternalError, InvalidInput, Overloaded, Unavailable, quoted
 from turnout.models.loader import VersionSpec
 from turnout.models.repository import ModelRepository, VersionEntry
-from turnout.models.types import RunStats, VersionState
+from turnout.models.types import RunStats
 from turnout.monitoring.monitor import DriftMonitor
 from turnout.router.router import Router
 from turnout.router.types import InferenceRequest, InferenceResponse
 from turnout.server.drift import watch_version
-from turnout.server.metrics import UNKNOWN, Metrics, status_of
+from turnout.server.metrics import UNKNOWN, Metrics, RequestSeries, status_of
 from turnout.server.monitoring_config import ModelMonitoring
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class DataPlane:
         router: Router,
         metrics: Metrics,
         monitor: DriftMonitor | None = None,
+        max_inflight: int = 4096,
     ) -> None:
         self.repository = repository
         self.router = router
@@ -55,6 +56,7 @@ class DataPlane:
         self.monitor = monitor or DriftMonitor([])
         self.info = ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
         self.draining = False
+        self.max_inflight = max_inflight
         self._inflight = 0
         self._inflight_by_protocol = dict.fromkeys(PROTOCOLS, 0)
         for protocol in PROTOCOLS:
@@ -74,12 +76,14 @@ class DataPlane:
 
     def model_ready(self, endpoint: str, version: str | None) -> bool:
         """Whether that version is ready; raises ModelNotFound for unknown names."""
-        return self.version_entry(endpoint, version).state is VersionState.READY
+        return self.version_entry(endpoint, version).serving
 
     def request(self, protocol: str, endpoint: str) -> "RequestScope":
         """Admit an inference request; raises Unavailable while draining.
 
-        Use the scope as a context manager around decoding, inference and encoding.
+        Use the scope as a context manager around decoding, inference and encoding; entering it
+        raises Overloaded (counted for the endpoint) when ``max_inflight`` requests are in
+        flight already.
         """
         if self.draining:
             raise Unavailable("the server is shutting down")
@@ -175,13 +179,22 @@ class DataPlane:
     def publish_model_states(self) -> None:
         """Refresh the per-version readiness gauge."""
         for entry in self.repository.entries():
-            ready = 1 if entry.state is VersionState.READY else 0
+            ready = 1 if entry.serving else 0
             self.metrics.model_ready.labels(entry.spec.name, entry.spec.version).set(ready)
 
-    def _enter(self, protocol: str) -> None:
+    def _enter(self, scope: "RequestScope") -> None:
+        if self._inflight >= self.max_inflight:
+            self._series(scope).failed("overloaded", 0.0, None)
+            raise Overloaded(
+                f"the server is at its limit of {self.max_inflight} requests in flight; retry later"
+            )
         self._inflight += 1
-        self._inflight_by_protocol[protocol] += 1
+        self._inflight_by_protocol[scope.protocol] += 1
         self._idle.clear()
+
+    def _series(self, scope: "RequestScope") -> RequestSeries:
+        endpoint = scope.endpoint if self.repository.has_model(scope.endpoint) else UNKNOWN
+        return self.metrics.series(endpoint, scope.version or "", scope.protocol)
 
     def _exit(self, scope: "RequestScope", error: BaseException | None) -> None:
         self._inflight -= 1
@@ -190,9 +203,7 @@ class DataPlane:
             self._idle.set()
         finished = time.perf_counter()
         total = finished - scope.started
-        known = self.repository.has_model(scope.endpoint)
-        endpoint = scope.endpoint if known else UNKNOWN
-        series = self.metrics.series(endpoint, scope.version or "", scope.protocol)
+        series = self._series(scope)
         run = scope.run
         status = "success" if error is None and run is not None else _status(error)
         if status == "success" and run is not None:
@@ -200,8 +211,8 @@ class DataPlane:
             series.succeeded(total, compute_input, finished - scope.returned, run)
         else:
             series.failed(status, total, run)
-        if known and scope.version:
-            self.router.finished(endpoint, scope.version, total, status)
+        if scope.version:
+            self.router.finished(scope.endpoint, scope.version, total, status)
 
 
 def _status(error: BaseException | None) -> str:
@@ -235,7 +246,7 @@ class RequestScope:
         self.returned = self.started
 
     def __enter__(self) -> "RequestScope":
-        self._plane._enter(self.protocol)
+        self._plane._enter(self)
         return self
 
     def __exit__(

@@ -6,6 +6,7 @@ prometheus-client's locked updates. Label values come only from configured names
 so random traffic cannot grow the number of series.
 """
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
@@ -25,6 +26,7 @@ from turnout.models.types import RunStats
 from turnout.monitoring.monitor import DriftMonitor
 from turnout.monitoring.sinks import GaugeSink
 from turnout.router.router import Router
+from turnout.server.http.protocol import REFUSAL_REASONS
 from turnout.server.statistics import Statistics, VersionStatistics
 
 UNKNOWN = "_unknown"
@@ -43,6 +45,7 @@ _STATUS_OF_ERROR: tuple[tuple[type[BaseException], str], ...] = (
     (errors.Unavailable, "unavailable"),
     (errors.Overloaded, "overloaded"),
     (errors.DeadlineExceeded, "deadline_exceeded"),
+    (errors.RunFailed, "internal_error"),
 )
 STATUSES = (
     "success",
@@ -110,8 +113,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.statistics = Statistics()
         self._series: dict[tuple[str, str, str], RequestSeries] = {}
+        self.http_refusals: Counter[str] = Counter()
         ProcessCollector(registry=self.registry)
         self.registry.register(_RequestCollector(self._series))
+        self.registry.register(_RefusalCollector(self.http_refusals))
         self.inflight = Gauge(
             "turnout_inflight_requests",
             "Inference requests being served now.",
@@ -188,6 +193,23 @@ class _RequestCollector(Collector):
         yield run_duration
 
 
+class _RefusalCollector(Collector):
+    """HTTP connections closed or answered by the connection's own limits, by reason."""
+
+    def __init__(self, refusals: "Counter[str]") -> None:
+        self._refusals = refusals
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "turnout_http_refusals",
+            "HTTP requests refused, or connections closed, before reaching the application.",
+            labels=["reason"],
+        )
+        for reason in REFUSAL_REASONS:
+            family.add_metric([reason], self._refusals[reason])
+        yield family
+
+
 class _ModelCollector(Collector):
     """Turns each loaded version's scheduler and cache counters into Prometheus families."""
 
@@ -221,6 +243,12 @@ class _ModelCollector(Collector):
         abandoned = counter(
             "turnout_queue_abandoned", "Requests whose caller went away while they were queued."
         )
+        abandoned_runs = counter(
+            "turnout_abandoned_runs", "Runs given up after the hard run timeout."
+        )
+        instances_ready = gauge(
+            "turnout_instances_ready", "Instances serving (fewer while one is replaced)."
+        )
         hits = counter("turnout_cache_hits", "Requests answered from the result cache.")
         misses = counter("turnout_cache_misses", "Requests the result cache could not answer.")
         evictions = counter("turnout_cache_evictions", "Results evicted or expired from the cache.")
@@ -237,12 +265,15 @@ class _ModelCollector(Collector):
             rejected.add_metric(key, counts.rejected)
             expired.add_metric(key, counts.expired)
             abandoned.add_metric(key, counts.abandoned)
+            abandoned_runs.add_metric(key, counts.abandoned_runs)
+            instances_ready.add_metric(key, runner.ready_instances)
             if runner.has_cache:
                 hits.add_metric(key, counts.cache.hits)
                 misses.add_metric(key, counts.cache.misses)
                 evictions.add_metric(key, counts.cache.evictions)
                 cached_bytes.add_metric(key, counts.cache.bytes)
         yield from (batch_size, queue_time, queue_depth, rejected, expired, abandoned)
+        yield from (abandoned_runs, instances_ready)
         yield from (hits, misses, evictions, cached_bytes)
 
 

@@ -5,6 +5,7 @@ Also the checks every decoder applies to a declared datatype and shape."""
 import math
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -13,10 +14,36 @@ from turnout.errors import InvalidInput, quoted
 from turnout.models.datatypes import DATATYPES, Datatype, datatype_of_array
 
 MAX_RANK = 32
-# More elements than any body could carry; refusing them early keeps numpy from being asked for
-# arrays it cannot describe (a zero dimension makes the count 0 whatever the others are).
-MAX_ELEMENTS = 1 << 40
 _LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one decoded request may hold, checked before anything is allocated for it."""
+
+    max_tensors: int = 256
+    # Bounds the element count of a shape even where a zero dimension makes the product 0, so
+    # numpy is never asked for an array it cannot describe.
+    max_tensor_elements: int = 1 << 28
+    max_string_bytes: int = 1 << 20
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+
+def check_tensor_count(count: int, what: str, limits: RequestLimits) -> None:
+    """InvalidInput when a request names more ``what`` (inputs, outputs) than allowed."""
+    if count > limits.max_tensors:
+        raise InvalidInput(f"the request has {count} {what}; at most {limits.max_tensors} allowed")
+
+
+def check_string_length(length: int, index: int, where: str, limits: RequestLimits) -> None:
+    """InvalidInput when one BYTES element is longer than allowed."""
+    if length > limits.max_string_bytes:
+        raise InvalidInput(
+            f"{where}: BYTES element {index} has {length} bytes; "
+            f"at most {limits.max_string_bytes} allowed"
+        )
 
 
 def parse_datatype(name: Any, where: str) -> Datatype:
@@ -30,8 +57,9 @@ def parse_datatype(name: Any, where: str) -> Datatype:
     return datatype
 
 
-def parse_shape(shape: Any, where: str) -> tuple[int, ...]:
-    """A declared shape: a list of at most MAX_RANK non-negative integers."""
+def parse_shape(shape: Any, where: str, limits: RequestLimits = DEFAULT_LIMITS) -> tuple[int, ...]:
+    """A declared shape: a list of at most MAX_RANK non-negative integers, of at most
+    ``limits.max_tensor_elements`` elements (zero dimensions counted as one)."""
     valid = (
         isinstance(shape, Sequence)
         and not isinstance(shape, str | bytes)
@@ -42,8 +70,11 @@ def parse_shape(shape: Any, where: str) -> tuple[int, ...]:
         raise InvalidInput(
             f"{where}: shape must be a list of at most {MAX_RANK} non-negative integers"
         )
-    if math.prod(max(dim, 1) for dim in shape) > MAX_ELEMENTS:
-        raise InvalidInput(f"{where}: shape {list(shape)} is larger than any tensor served")
+    if math.prod(max(dim, 1) for dim in shape) > limits.max_tensor_elements:
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} has more than the "
+            f"{limits.max_tensor_elements} elements a tensor may have"
+        )
     return tuple(shape)
 
 
@@ -53,12 +84,16 @@ def element_count(shape: tuple[int, ...]) -> int:
 
 
 def decode_raw(
-    buffer: bytes | memoryview, datatype: Datatype, shape: tuple[int, ...], where: str
+    buffer: bytes | memoryview,
+    datatype: Datatype,
+    shape: tuple[int, ...],
+    where: str,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
     """A tensor from raw bytes; InvalidInput when the size does not match the shape."""
     count = element_count(shape)
     if datatype.is_bytes:
-        return _decode_bytes(buffer, count, shape, where)
+        return _decode_bytes(buffer, count, shape, where, limits)
     expected = count * datatype.dtype.itemsize
     if len(buffer) != expected:
         raise InvalidInput(
@@ -75,7 +110,11 @@ def decode_raw(
 
 
 def _decode_bytes(
-    buffer: bytes | memoryview, count: int, shape: tuple[int, ...], where: str
+    buffer: bytes | memoryview,
+    count: int,
+    shape: tuple[int, ...],
+    where: str,
+    limits: RequestLimits,
 ) -> np.ndarray:
     view = memoryview(buffer)
     if count > len(view) // _LENGTH.size:
@@ -95,6 +134,7 @@ def _decode_bytes(
                 f"{where}: BYTES element {index} claims {length} bytes; "
                 f"only {len(view) - offset} remain"
             )
+        check_string_length(length, index, where, limits)
         elements[index] = bytes(view[offset : offset + length])
         offset += length
     if offset != len(view):

@@ -62,6 +62,10 @@ class DeadlineExceeded(TurnoutError):
     """The request's time budget ran out before it could be answered."""
 
 
+class RunFailed(TurnoutError):
+    """A model run that Turnout gave up on (it passed the version's hard run timeout)."""
+
+
 class InternalError(TurnoutError):
     """A fault inside Turnout; the message carries only a request id to find it in the logs."""
 

@@ -13,6 +13,10 @@ from turnout.protos import inference_pb2 as pb
 from turnout.router.types import InferenceRequest, InferenceResponse, ParameterValue
 from turnout.server.parameters import request_deadline, routing_key
 from turnout.server.tensors import (
+    DEFAULT_LIMITS,
+    RequestLimits,
+    check_string_length,
+    check_tensor_count,
     decode_raw,
     element_count,
     encode_raw,
@@ -40,9 +44,14 @@ CONTENTS_FIELD = {
 
 
 def decode_request(
-    message: pb.ModelInferRequest, remaining_s: float | None, routing_key_metadata: str | None
+    message: pb.ModelInferRequest,
+    remaining_s: float | None,
+    routing_key_metadata: str | None,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> InferenceRequest:
     """Decode a ModelInferRequest; ``remaining_s`` is the client's gRPC deadline, if any."""
+    check_tensor_count(len(message.inputs), "inputs", limits)
+    check_tensor_count(len(message.outputs), "outputs", limits)
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(
@@ -56,13 +65,13 @@ def decode_request(
             raise InvalidInput(f"duplicate input {quoted(name)}")
         where = f"input {quoted(name)}"
         datatype = parse_datatype(tensor.datatype, where)
-        shape = parse_shape(list(tensor.shape), where)
+        shape = parse_shape(list(tensor.shape), where, limits)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"{where}: give contents or raw_input_contents, not both")
-            inputs[name] = decode_raw(raw[index], datatype, shape, where)
+            inputs[name] = decode_raw(raw[index], datatype, shape, where, limits)
         else:
-            inputs[name] = _typed_tensor(tensor.contents, datatype, shape, where)
+            inputs[name] = _typed_tensor(tensor.contents, datatype, shape, where, limits)
     requested = _requested_outputs(message.outputs)
     parameters = parameters_of(message.parameters, "parameters")
     return InferenceRequest(
@@ -78,7 +87,11 @@ def decode_request(
 
 
 def _typed_tensor(
-    contents: pb.InferTensorContents, datatype: Datatype, shape: tuple[int, ...], where: str
+    contents: pb.InferTensorContents,
+    datatype: Datatype,
+    shape: tuple[int, ...],
+    where: str,
+    limits: RequestLimits,
 ) -> np.ndarray:
     field = CONTENTS_FIELD.get(datatype.name)
     if field is None:
@@ -98,6 +111,8 @@ def _typed_tensor(
             f"{len(values)}"
         )
     if datatype.is_bytes:
+        for index, element in enumerate(values):
+            check_string_length(len(element), index, where, limits)
         elements = np.empty(count, dtype=object)
         elements[:] = list(values)
         return elements.reshape(shape)

@@ -19,6 +19,7 @@ GRPC_STATUS: tuple[tuple[type[errors.TurnoutError], grpc.StatusCode], ...] = (
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.RunFailed, grpc.StatusCode.INTERNAL),
     (errors.InternalError, grpc.StatusCode.INTERNAL),
 )
 

@@ -20,6 +20,7 @@ from turnout.server.grpc.codec import (
 )
 from turnout.server.grpc.errors import abort
 from turnout.server.model_views import config_view, metadata_view
+from turnout.server.tensors import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ _Reply = TypeVar("_Reply")
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Serves the V2 RPCs and Triton's model configuration over one data plane."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, limits: RequestLimits) -> None:
         self._plane = plane
+        self._limits = limits
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -154,7 +156,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, remaining_s: float | None, routing_key: str | None
     ) -> pb.ModelInferResponse:
         with self._plane.request("grpc", request.model_name) as scope:
-            inference = decode_request(request, remaining_s, routing_key)
+            inference = decode_request(request, remaining_s, routing_key, self._limits)
             response = await self._plane.infer(inference, scope)
             return encode_response(response, response.request_id)
 

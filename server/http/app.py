@@ -20,6 +20,7 @@ from turnout.server.http.admin import OpsEndpoints
 from turnout.server.http.errors import error_response, json_error
 from turnout.server.http.infer import InferEndpoint, Scope, Send, infer_path
 from turnout.server.model_views import config_view, metadata_view
+from turnout.server.tensors import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,21 @@ def _json(document: Any, status: int = 200) -> Response:
 class HttpFrontEnd:
     """Builds the starlette application over a data plane."""
 
-    def __init__(self, plane: DataPlane, max_request_bytes: int, ops: OpsEndpoints) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        max_request_bytes: int,
+        limits: RequestLimits,
+        ops: OpsEndpoints,
+    ) -> None:
         self._plane = plane
         self._max_request_bytes = max_request_bytes
+        self._limits = limits
         self._ops = ops
 
     def app(self) -> ASGIApp:
         """The ASGI application."""
-        infer = InferEndpoint(self._plane, self._max_request_bytes)
+        infer = InferEndpoint(self._plane, self._max_request_bytes, self._limits)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
         routes = [

@@ -12,6 +12,9 @@ from turnout.router.types import InferenceRequest, InferenceResponse, ParameterV
 from turnout.server.http.json_tensors import decode_json_data, encode_json_data
 from turnout.server.parameters import request_deadline, routing_key
 from turnout.server.tensors import (
+    DEFAULT_LIMITS,
+    RequestLimits,
+    check_tensor_count,
     decode_raw,
     encode_raw,
     output_datatype,
@@ -49,6 +52,7 @@ def decode_request(
     endpoint: str,
     version: str | None,
     routing_key_header: str | None = None,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> HttpInferRequest:
     """Decode an inference request body; raises InvalidInput naming what is wrong."""
     view = memoryview(body)
@@ -73,8 +77,8 @@ def decode_request(
     if not isinstance(request_id, str) or len(request_id) > MAX_ID_LENGTH:
         raise InvalidInput(f"id must be a string of at most {MAX_ID_LENGTH} characters")
     parameters = _parameters(document.get("parameters"), "parameters")
-    inputs = _inputs(document.get("inputs"), binary)
-    requested, binary_choices = _requested_outputs(document.get("outputs"))
+    inputs = _inputs(document.get("inputs"), binary, limits)
+    requested, binary_choices = _requested_outputs(document.get("outputs"), limits)
     binary_by_default = parameters.pop("binary_data_output", False) is True
     request = InferenceRequest(
         endpoint=endpoint,
@@ -89,9 +93,10 @@ def decode_request(
     return HttpInferRequest(request, binary_choices, binary_by_default)
 
 
-def _inputs(items: Any, binary: memoryview) -> dict[str, np.ndarray]:
+def _inputs(items: Any, binary: memoryview, limits: RequestLimits) -> dict[str, np.ndarray]:
     if not isinstance(items, list):
         raise InvalidInput("inputs must be a list of tensors")
+    check_tensor_count(len(items), "inputs", limits)
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for index, item in enumerate(items):
@@ -105,7 +110,7 @@ def _inputs(items: Any, binary: memoryview) -> dict[str, np.ndarray]:
             raise InvalidInput(f"duplicate input {quoted(name)}")
         where = f"input {quoted(name)}"
         datatype = parse_datatype(item.get("datatype"), where)
-        shape = parse_shape(item.get("shape"), where)
+        shape = parse_shape(item.get("shape"), where, limits)
         parameters = _parameters(item.get("parameters"), f"{where} parameters")
         size = parameters.get("binary_data_size")
         has_data = "data" in item
@@ -119,10 +124,12 @@ def _inputs(items: Any, binary: memoryview) -> dict[str, np.ndarray]:
                     f"{where}: binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} binary bytes left)"
                 )
-            inputs[name] = decode_raw(binary[offset : offset + size], datatype, shape, where)
+            inputs[name] = decode_raw(
+                binary[offset : offset + size], datatype, shape, where, limits
+            )
             offset += size
         elif has_data:
-            inputs[name] = decode_json_data(item["data"], datatype, shape, where)
+            inputs[name] = decode_json_data(item["data"], datatype, shape, where, limits)
         else:
             raise InvalidInput(f"{where} has no data")
     if offset != len(binary):
@@ -132,11 +139,14 @@ def _inputs(items: Any, binary: memoryview) -> dict[str, np.ndarray]:
     return inputs
 
 
-def _requested_outputs(items: Any) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
+def _requested_outputs(
+    items: Any, limits: RequestLimits
+) -> tuple[tuple[str, ...] | None, dict[str, bool]]:
     if items is None:
         return None, {}
     if not isinstance(items, list):
         raise InvalidInput("outputs must be a list")
+    check_tensor_count(len(items), "outputs", limits)
     names: list[str] = []
     binary: dict[str, bool] = {}
     for index, item in enumerate(items):

@@ -20,6 +20,7 @@ HTTP_STATUS: tuple[tuple[type[errors.TurnoutError], int], ...] = (
     (errors.Unavailable, 503),
     (errors.Overloaded, 503),
     (errors.DeadlineExceeded, 504),
+    (errors.RunFailed, 500),
     (errors.InternalError, 500),
 )
 

@@ -13,6 +13,7 @@ from turnout.server.dataplane import DataPlane
 from turnout.server.http.body import Receive, byte_count, read_body
 from turnout.server.http.codec import decode_request, encode_response
 from turnout.server.http.errors import error_body, error_headers, status_for
+from turnout.server.tensors import RequestLimits
 
 Scope = MutableMapping[str, Any]
 _Result = TypeVar("_Result")
@@ -42,9 +43,10 @@ def infer_path(path: str) -> tuple[str, str | None] | None:
 class InferEndpoint:
     """Decodes, runs through the data plane and encodes one inference request."""
 
-    def __init__(self, plane: DataPlane, max_request_bytes: int) -> None:
+    def __init__(self, plane: DataPlane, max_request_bytes: int, limits: RequestLimits) -> None:
         self._plane = plane
         self._max_request_bytes = max_request_bytes
+        self._limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = infer_path(scope["path"])
@@ -61,7 +63,12 @@ class InferEndpoint:
                 header_length = _header_length(headers)
                 _check_content_type(headers, header_length is not None)
                 decoded = decode_request(
-                    body, header_length, endpoint, version, headers.get(ROUTING_KEY_HEADER)
+                    body,
+                    header_length,
+                    endpoint,
+                    version,
+                    headers.get(ROUTING_KEY_HEADER),
+                    self._limits,
                 )
                 request_id = decoded.request.request_id
                 response = await _unless_disconnected(

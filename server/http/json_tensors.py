@@ -7,7 +7,15 @@ import numpy as np
 
 from turnout.errors import InvalidInput
 from turnout.models.datatypes import Datatype
-from turnout.server.tensors import MAX_RANK, as_bytes, element_count, narrow_integers
+from turnout.server.tensors import (
+    DEFAULT_LIMITS,
+    MAX_RANK,
+    RequestLimits,
+    as_bytes,
+    check_string_length,
+    element_count,
+    narrow_integers,
+)
 
 _ALLOWED_TYPES: dict[str, set[type]] = {
     "b": {bool},
@@ -26,7 +34,11 @@ _KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"
 
 
 def decode_json_data(
-    data: Any, datatype: Datatype, shape: tuple[int, ...], where: str
+    data: Any,
+    datatype: Datatype,
+    shape: tuple[int, ...],
+    where: str,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
     """The tensor a ``data`` field holds; InvalidInput when it does not fit."""
     flat = data if isinstance(data, list) else [data]
@@ -43,8 +55,11 @@ def decode_json_data(
     if not kinds <= _ALLOWED_TYPES[kind]:
         raise InvalidInput(f"{where}: {datatype.name} data must be {_KIND_NAMES[kind]}")
     if datatype.is_bytes:
+        encoded = [text.encode() for text in flat]
+        for index, element in enumerate(encoded):
+            check_string_length(len(element), index, where, limits)
         elements = np.empty(count, dtype=object)
-        elements[:] = [text.encode() for text in flat]
+        elements[:] = encoded
         return elements.reshape(shape)
     return _numbers(flat, datatype, where).reshape(shape)
 

@@ -78,12 +78,14 @@ class GatedSession:
         self._runs = 0
         self._lock = threading.Lock()
 
-    def run(self, output_names: list[str], feed: Feed) -> list[np.ndarray]:
+    def run(
+        self, output_names: list[str], feed: Feed, options: ort.RunOptions | None = None
+    ) -> list[np.ndarray]:
         with self._lock:
             self._runs += 1
         if not self.gate.wait(GATE_TIMEOUT_S):
             raise TimeoutError("the test never opened the gate")
-        return list(self.session.run(output_names, feed))
+        return list(self.session.run(output_names, feed, options))
 
     @property
     def runs(self) -> int:

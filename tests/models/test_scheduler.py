@@ -135,13 +135,15 @@ class GatedSession:
         self.threads: list[str] = []
         self._lock = threading.Lock()
 
-    def run(self, output_names: list[str], feed: Feed) -> list[np.ndarray]:
+    def run(
+        self, output_names: list[str], feed: Feed, options: ort.RunOptions | None = None
+    ) -> list[np.ndarray]:
         with self._lock:
             self.feeds.append({name: np.array(array, copy=True) for name, array in feed.items()})
             self.threads.append(threading.current_thread().name)
         if not self.gate.wait(GATE_TIMEOUT_S):
             raise TimeoutError("the test never opened the gate")
-        return list(self.session.run(output_names, feed))
+        return list(self.session.run(output_names, feed, options))
 
     @property
     def rows(self) -> list[int]:

@@ -13,6 +13,7 @@ from turnout.models.loader import InstanceGroup
 from turnout.models.providers import Device
 from turnout.models.session import SessionSettings
 from turnout.server.config import Config, ConfigError, load_config, read_yaml, validate_config
+from turnout.server.tensors import RequestLimits
 
 MODEL_FILE = "model.onnx"
 NAME_RULE = "must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
@@ -1007,3 +1008,67 @@ def test_absolute_path_is_kept(config_dir: Path, tmp_path: Path) -> None:
     config = load_config(write_yaml(config_dir, {"models": [entry(path=str(model))]}))
 
     assert config.models[0].path == model.resolve()
+
+
+def test_limits_default_to_the_readme(config_dir: Path) -> None:
+    limits = load_config(write_yaml(config_dir, {"models": [entry()]})).server.limits
+
+    assert limits.max_header_bytes == 16 * 1024
+    assert limits.max_headers == 100
+    assert limits.header_timeout_s == 10
+    assert limits.body_timeout_s == 60
+    assert limits.keep_alive_timeout_s == 5
+    assert limits.max_connections == 1000
+    assert limits.max_concurrent_rpcs == 1000
+    assert limits.max_inflight_requests == 4096
+    assert limits.max_tensors == 256
+    assert limits.max_tensor_elements == 1 << 28
+    assert limits.max_string_bytes == 1024 * 1024
+    assert limits.request_limits() == RequestLimits(256, 1 << 28, 1024 * 1024)
+
+
+def test_limits_are_read_field_by_field(config_dir: Path) -> None:
+    given = {
+        "max_header_bytes": 4096,
+        "max_headers": 30,
+        "header_timeout_s": 1.5,
+        "body_timeout_s": 7,
+        "keep_alive_timeout_s": 2,
+        "max_connections": 10,
+        "max_concurrent_rpcs": 20,
+        "max_inflight_requests": 30,
+        "max_tensors": 3,
+        "max_tensor_elements": 99,
+        "max_string_bytes": 12,
+    }
+    data = {"server": {"limits": given}, "models": [entry()]}
+    limits = load_config(write_yaml(config_dir, data)).server.limits
+
+    assert limits.model_dump() == given
+    assert limits.request_limits() == RequestLimits(3, 99, 12)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("max_header_bytes", 1023, "greater than or equal to 1024"),
+        ("max_headers", 7, "greater than or equal to 8"),
+        ("header_timeout_s", 0, "greater than 0"),
+        ("body_timeout_s", -1, "greater than 0"),
+        ("keep_alive_timeout_s", 0, "greater than or equal to 1"),
+        ("max_connections", 0, "greater than or equal to 1"),
+        ("max_concurrent_rpcs", 0, "greater than or equal to 1"),
+        ("max_inflight_requests", 0, "greater than or equal to 1"),
+        ("max_tensors", 0, "greater than or equal to 1"),
+        ("max_tensor_elements", (1 << 40) + 1, "less than or equal to 1099511627776"),
+        ("max_string_bytes", 0, "greater than or equal to 1"),
+        ("max_connection", 5, "unknown field"),
+    ],
+)
+def test_invalid_limits_name_their_field(
+    config_dir: Path, field: str, value: Any, problem: str
+) -> None:
+    data = {"server": {"limits": {field: value}}, "models": [entry()]}
+    (found,) = problems_of(write_yaml(config_dir, data))
+    assert found.startswith(f"server.limits.{field}: "), found
+    assert problem in found, found

@@ -42,6 +42,7 @@ EXPECTED = [
     pytest.param(
         errors.DeadlineExceeded, 504, grpc.StatusCode.DEADLINE_EXCEEDED, id="DeadlineExceeded"
     ),
+    pytest.param(errors.RunFailed, 500, grpc.StatusCode.INTERNAL, id="RunFailed"),
     pytest.param(errors.InternalError, 500, grpc.StatusCode.INTERNAL, id="InternalError"),
 ]
 

@@ -14,7 +14,9 @@ from turnout.errors import InvalidInput
 from turnout.models.datatypes import DATATYPES, Datatype
 from turnout.server.tensors import (
     MAX_RANK,
+    RequestLimits,
     as_bytes,
+    check_tensor_count,
     decode_raw,
     element_count,
     encode_raw,
@@ -533,3 +535,36 @@ def test_bytes_raw_round_trip(elements: list[bytes]) -> None:
     wire = encode_raw(array, DATATYPES["BYTES"])
     assert wire == _length_prefixed(*elements)
     assert decode_raw(wire, DATATYPES["BYTES"], (len(elements),), WHERE).tolist() == elements
+
+
+# --- RequestLimits ------------------------------------------------------------------------------
+
+SMALL = RequestLimits(max_tensors=2, max_tensor_elements=12, max_string_bytes=3)
+
+
+@pytest.mark.parametrize("shape", [[3, 4], [12], [0, 12], [1, 1, 12]])
+def test_a_shape_within_the_element_limit_is_accepted(shape: list[int]) -> None:
+    assert parse_shape(shape, WHERE, SMALL) == tuple(shape)
+
+
+@pytest.mark.parametrize("shape", [[13], [3, 5], [0, 13], [2**40, 2**40]])
+def test_a_shape_over_the_element_limit_is_refused_naming_the_limit(shape: list[int]) -> None:
+    with pytest.raises(InvalidInput, match="more than the 12 elements a tensor may have"):
+        parse_shape(shape, WHERE, SMALL)
+
+
+def test_tensor_counts_up_to_the_limit_pass_and_beyond_it_are_refused() -> None:
+    check_tensor_count(2, "inputs", SMALL)
+    with pytest.raises(InvalidInput, match="the request has 3 inputs; at most 2 allowed"):
+        check_tensor_count(3, "inputs", SMALL)
+
+
+def test_a_bytes_element_over_the_string_limit_is_refused() -> None:
+    raw = _length_prefixed(b"abc", b"abcd")
+    with pytest.raises(InvalidInput, match="BYTES element 1 has 4 bytes; at most 3 allowed"):
+        decode_raw(raw, DATATYPES["BYTES"], (2,), WHERE, SMALL)
+
+
+def test_bytes_elements_at_the_string_limit_are_decoded() -> None:
+    array = decode_raw(_length_prefixed(b"abc", b""), DATATYPES["BYTES"], (2,), WHERE, SMALL)
+    assert array.tolist() == [b"abc", b""]
