@@ -11,11 +11,14 @@ import logging
 import os
 import signal
 import socket
+import ssl
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import uvicorn
+from starlette.types import ASGIApp
 
 from turnout.models.repository import ModelRepository
 from turnout.monitoring.monitor import DriftMonitor
@@ -25,7 +28,7 @@ from turnout.protos import turnout_pb2_grpc as turnout_grpc
 from turnout.router.router import Router
 from turnout.router.state import StateStore
 from turnout.server.admin_auth import AdminTokens
-from turnout.server.config import Config, ListenConfig
+from turnout.server.config import Config, ConfigError, ListenConfig, ServerConfig, TlsConfig
 from turnout.server.dataplane import DataPlane
 from turnout.server.drift import watch_version
 from turnout.server.grpc.feedback import FeedbackServicer
@@ -85,31 +88,21 @@ class Gateway:
         self._background: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         server = config.server
-        self._http_socket = _bind(server.http)
-        self.http_port: int = self._http_socket.getsockname()[1]
-        connection_limits = ConnectionLimits(
-            limits.max_header_bytes,
-            limits.max_headers,
-            limits.header_timeout_s,
-            limits.body_timeout_s,
-            limits.max_connections,
-        )
+        tls = server.tls
+        if tls is not None:
+            check_tls(tls)
         request_limits = limits.request_limits()
-        self._http = _HttpServer(
-            uvicorn.Config(
-                HttpFrontEnd(self.plane, server.max_request_bytes, request_limits, ops).app(),
-                http=guarded(connection_limits, self.metrics.http_refusals),
-                ws="none",
-                timeout_keep_alive=limits.keep_alive_timeout_s,
-                lifespan="off",
-                # Client addresses are not used, and trusting X-Forwarded-For is a choice for
-                # whoever puts a proxy in front, not a default.
-                proxy_headers=False,
-                log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),
-            )
-        )
+        front = HttpFrontEnd(self.plane, server.max_request_bytes, request_limits, ops)
+        admin_listen = config.admin.listen
+        refusals = self.metrics.http_refusals
+        self._listeners = [
+            HttpListener(server, front.app(admin_listen is None), server.http, refusals)
+        ]
+        if admin_listen is not None:
+            self._listeners.append(HttpListener(server, front.admin_app(), admin_listen, refusals))
+            log.info("admin API on its own listener, %s:%d", admin_listen.host, admin_listen.port)
+        self.http_port: int = self._listeners[0].port
+        self.admin_port: int | None = self._listeners[1].port if admin_listen else None
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", server.max_request_bytes),
@@ -123,7 +116,12 @@ class Gateway:
             InferenceServicer(self.plane, request_limits), self._grpc
         )
         turnout_grpc.add_FeedbackServicer_to_server(FeedbackServicer(self.plane), self._grpc)
-        self.grpc_port: int = self._grpc.add_insecure_port(f"{server.grpc.host}:{server.grpc.port}")
+        grpc_address = f"{server.grpc.host}:{server.grpc.port}"
+        self.grpc_port: int = (
+            self._grpc.add_insecure_port(grpc_address)
+            if tls is None
+            else self._grpc.add_secure_port(grpc_address, grpc_credentials(tls))
+        )
 
     def request_stop(self) -> None:
         """Begin the graceful shutdown; a second call forces it."""
@@ -140,11 +138,13 @@ class Gateway:
     async def run(self, ready_file: Path | None = None) -> int:
         """Serve until asked to stop; returns the exit status."""
         await self._grpc.start()
-        http_task = asyncio.create_task(self._http.serve(sockets=[self._http_socket]))
+        http_tasks = [asyncio.create_task(listener.serve()) for listener in self._listeners]
         log.info(
-            "listening: http %s:%d, grpc %s:%d",
+            "listening: http%s %s:%d, grpc%s %s:%d",
+            "s" if self.config.server.tls else "",
             self.config.server.http.host,
             self.http_port,
+            "+tls" if self.config.server.tls else "",
             self.config.server.grpc.host,
             self.grpc_port,
         )
@@ -159,10 +159,10 @@ class Gateway:
         for name in self.repository.names():
             log.info("endpoint %r routes to version %s", name, self.router.resolve(name, None))
         if ready_file is not None:
-            _write_ready_file(ready_file, self.http_port, self.grpc_port)
+            _write_ready_file(ready_file, self.http_port, self.grpc_port, self.admin_port)
         stopped = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({stopped, http_task}, return_when=asyncio.FIRST_COMPLETED)
-        await self._drain(http_task)
+        await asyncio.wait({stopped, *http_tasks}, return_when=asyncio.FIRST_COMPLETED)
+        await self._drain(http_tasks)
         return 0
 
     async def _start_monitoring(self) -> None:
@@ -172,11 +172,12 @@ class Gateway:
                 await watch_version(self.monitor, runner, entry.monitoring)
         self.monitor.start()
 
-    async def _drain(self, http_task: "asyncio.Task[None]") -> None:
+    async def _drain(self, http_tasks: "list[asyncio.Task[None]]") -> None:
         grace = self.config.server.drain_timeout_s
         self.plane.start_draining()
-        self._http.should_exit = True
-        await asyncio.gather(self._grpc.stop(grace), http_task)
+        for listener in self._listeners:
+            listener.server.should_exit = True
+        await asyncio.gather(self._grpc.stop(grace), *http_tasks)
         if not await self.plane.wait_idle(grace):
             log.warning("grace period over with requests still in flight")
         if self._background is not None:
@@ -186,6 +187,79 @@ class Gateway:
         await asyncio.to_thread(self.monitor.stop, grace)
         await asyncio.to_thread(self.repository.close)
         log.info("stopped")
+
+
+class HttpListener:
+    """One HTTP listener: its bound socket and the uvicorn server on it, within the limits and
+    with the TLS settings of ``server``."""
+
+    def __init__(
+        self,
+        server: ServerConfig,
+        app: ASGIApp,
+        listen: ListenConfig,
+        refusals: "Counter[str]",
+    ) -> None:
+        limits = server.limits
+        self.socket = _bind(listen)
+        self.port: int = self.socket.getsockname()[1]
+        tls = server.tls
+        connection_limits = ConnectionLimits(
+            limits.max_header_bytes,
+            limits.max_headers,
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+            limits.max_connections,
+        )
+        self.server = _HttpServer(
+            uvicorn.Config(
+                app,
+                http=guarded(connection_limits, refusals),
+                ws="none",
+                timeout_keep_alive=limits.keep_alive_timeout_s,
+                lifespan="off",
+                # Client addresses are not used, and trusting X-Forwarded-For is a choice for
+                # whoever puts a proxy in front, not a default.
+                proxy_headers=False,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=max(1, int(server.drain_timeout_s)),
+                ssl_certfile=tls.cert_file if tls else None,
+                ssl_keyfile=tls.key_file if tls else None,
+                ssl_ca_certs=str(tls.client_ca_file) if tls and tls.client_ca_file else None,
+                ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca_file else ssl.CERT_NONE,
+            )
+        )
+
+    async def serve(self) -> None:
+        """Serve until the server is told to exit."""
+        await self.server.serve(sockets=[self.socket])
+
+
+def check_tls(tls: TlsConfig) -> None:
+    """ConfigError unless the certificate, key and client CA can be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            context.load_verify_locations(tls.client_ca_file)
+    except ssl.SSLError as error:
+        problem = f"not a PEM certificate and its key, or a PEM CA ({error.reason})"
+        raise ConfigError("server.tls", [f"cannot load the certificates: {problem}"]) from None
+    except OSError as error:
+        problem = error.strerror or str(error)
+        raise ConfigError("server.tls", [f"cannot load the certificates: {problem}"]) from None
+
+
+def grpc_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """gRPC's server credentials for ``tls``; clients need a certificate when a client CA is
+    given (mutual TLS)."""
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def _drift_writers(config: Config, state_dir: Path) -> list[SinkWriter]:
@@ -207,12 +281,13 @@ def _bind(listen: ListenConfig) -> socket.socket:
     return sock
 
 
-def _write_ready_file(path: Path, http_port: int, grpc_port: int) -> None:
+def _write_ready_file(path: Path, http_port: int, grpc_port: int, admin_port: int | None) -> None:
     """Write the bound ports atomically, so a reader never sees half a file."""
+    ports = {"http_port": http_port, "grpc_port": grpc_port, "pid": os.getpid()}
+    if admin_port is not None:
+        ports["admin_port"] = admin_port
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(
-        json.dumps({"http_port": http_port, "grpc_port": grpc_port, "pid": os.getpid()})
-    )
+    partial.write_text(json.dumps(ports))
     partial.replace(path)
 
 

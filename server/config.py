@@ -40,6 +40,29 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+def existing_file(value: Path, info: ValidationInfo) -> Path:
+    """``value`` resolved against the config file's folder; ValueError unless it is a file."""
+    base = (info.context or {}).get("base_dir")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    if not path.is_file():
+        raise ValueError("file not found")
+    return path.resolve()
+
+
+class TlsConfig(Strict):
+    """TLS on every listener; with ``client_ca_file``, mutual TLS: clients must present a
+    certificate that CA signed."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _files_exist(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else existing_file(value, info)
+
+
 class ListenConfig(Strict):
     """A listening address; port 0 asks the OS for a free port."""
 
@@ -75,6 +98,7 @@ class ServerConfig(Strict):
     max_request_bytes: Annotated[int, Field(gt=0)] = 64 * MiB
     drain_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     limits: LimitsConfig = LimitsConfig()
+    tls: TlsConfig | None = None
 
 
 class SessionConfig(Strict):
@@ -230,11 +254,7 @@ class ModelEntry(ModelSettings):
     @field_validator("path")
     @classmethod
     def _path_exists(cls, value: Path, info: ValidationInfo) -> Path:
-        base = (info.context or {}).get("base_dir")
-        path = value if value.is_absolute() or base is None else Path(base) / value
-        if not path.is_file():
-            raise ValueError("file not found")
-        return path.resolve()
+        return existing_file(value, info)
 
     def spec(self) -> VersionSpec:
         """The models layer's description of this version."""
@@ -247,16 +267,12 @@ class AdminConfig(Strict):
     token_file: Path | None = None
     allowed_origins: list[str] = Field(default_factory=list)
 
+    listen: ListenConfig | None = None
+
     @field_validator("token_file")
     @classmethod
     def _token_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        base = (info.context or {}).get("base_dir")
-        path = value if value.is_absolute() or base is None else Path(base) / value
-        if not path.is_file():
-            raise ValueError("file not found")
-        return path.resolve()
+        return None if value is None else existing_file(value, info)
 
 
 class FeedbackConfig(Strict):

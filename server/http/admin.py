@@ -49,15 +49,17 @@ class OpsEndpoints:
         self._allowed_origins = set(allowed_origins)
         self._model_root = model_root
 
-    def routes(self) -> list[Route]:
-        """The starlette routes (the admin and repository ones only when a token exists)."""
-        routes = [Route("/v2/models/{model}/feedback", self._open(self.feedback), methods=["POST"])]
+    def public_routes(self) -> list[Route]:
+        """The routes every client may call: feedback."""
+        return [Route("/v2/models/{model}/feedback", self._open(self.feedback), methods=["POST"])]
+
+    def admin_routes(self) -> list[Route]:
+        """The admin and repository routes; none when no token is configured."""
         if self._tokens is None:
-            return routes
+            return []
         route = "/admin/routes/{endpoint}"
         repository = "/v2/repository/models/{model}"
         return [
-            *routes,
             Route("/admin/routes", self._admin(self.list_routes), methods=["GET"]),
             Route(route, self._admin(self.get_route), methods=["GET"]),
             Route(route, self._admin(self.set_route), methods=["PUT"]),

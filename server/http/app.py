@@ -47,8 +47,9 @@ class HttpFrontEnd:
         self._limits = limits
         self._ops = ops
 
-    def app(self) -> ASGIApp:
-        """The ASGI application."""
+    def app(self, with_admin: bool = True) -> ASGIApp:
+        """The ASGI application: the whole API, or all but the admin and repository routes
+        when those are served on a listener of their own (``admin_app``)."""
         infer = InferEndpoint(self._plane, self._max_request_bytes, self._limits)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
@@ -68,13 +69,20 @@ class HttpFrontEnd:
             Route(f"{model}/stats", self._guarded(self.statistics), methods=["GET"]),
             Route(f"{version}/stats", self._guarded(self.statistics), methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
-            *self._ops.routes(),
+            *self._ops.public_routes(),
+            *(self._ops.admin_routes() if with_admin else []),
         ]
-        api = Starlette(
+        return _InferFirst(infer, self._starlette(routes))
+
+    def admin_app(self) -> ASGIApp:
+        """The admin and repository API alone, for a listener of its own."""
+        return self._starlette(self._ops.admin_routes())
+
+    def _starlette(self, routes: list[Route]) -> Starlette:
+        return Starlette(
             routes=routes,
             exception_handlers={HTTPException: _http_exception, Exception: self._unexpected},
         )
-        return _InferFirst(infer, api)
 
     async def live(self, request: Request) -> Response:
         """``GET /v2/health/live``: 200 while the process runs."""

@@ -1072,3 +1072,54 @@ def test_invalid_limits_name_their_field(
     (found,) = problems_of(write_yaml(config_dir, data))
     assert found.startswith(f"server.limits.{field}: "), found
     assert problem in found, found
+
+
+def test_tls_files_are_resolved_from_the_config_folder(config_dir: Path) -> None:
+    for name in ("server.pem", "server.key", "ca.pem"):
+        (config_dir / name).write_text("PEM")
+    tls = {"cert_file": "server.pem", "key_file": "server.key", "client_ca_file": "ca.pem"}
+    data = {"server": {"tls": tls}, "models": [entry()]}
+    config = load_config(write_yaml(config_dir, data))
+
+    assert config.server.tls is not None
+    assert config.server.tls.cert_file == (config_dir / "server.pem").resolve()
+    assert config.server.tls.key_file == (config_dir / "server.key").resolve()
+    assert config.server.tls.client_ca_file == (config_dir / "ca.pem").resolve()
+
+
+def test_tls_is_off_and_the_admin_api_on_the_http_port_by_default(config_dir: Path) -> None:
+    config = load_config(write_yaml(config_dir, {"models": [entry()]}))
+
+    assert config.server.tls is None
+    assert config.admin.listen is None
+
+
+@pytest.mark.parametrize(
+    ("tls", "expected"),
+    [
+        (
+            {"cert_file": "missing.pem", "key_file": MODEL_FILE},
+            "server.tls.cert_file: file not found",
+        ),
+        (
+            {"cert_file": MODEL_FILE, "key_file": "missing.key"},
+            "server.tls.key_file: file not found",
+        ),
+        ({"cert_file": MODEL_FILE}, "server.tls.key_file: required"),
+        (
+            {"cert_file": MODEL_FILE, "key_file": MODEL_FILE, "client_ca_file": "nope.pem"},
+            "server.tls.client_ca_file: file not found",
+        ),
+    ],
+)
+def test_invalid_tls_names_its_field(config_dir: Path, tls: dict[str, str], expected: str) -> None:
+    data = {"server": {"tls": tls}, "models": [entry()]}
+    assert problems_of(write_yaml(config_dir, data)) == [expected]
+
+
+def test_the_admin_listener_is_read(config_dir: Path) -> None:
+    data = {"admin": {"listen": {"host": "127.0.0.1", "port": 9100}}, "models": [entry()]}
+    listen = load_config(write_yaml(config_dir, data)).admin.listen
+
+    assert listen is not None
+    assert (listen.host, listen.port) == ("127.0.0.1", 9100)
