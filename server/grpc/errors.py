@@ -1,5 +1,6 @@
 """The one table from Turnout's errors to gRPC status codes."""
 
+import math
 from typing import NoReturn
 
 import grpc
@@ -32,7 +33,15 @@ def code_for(error: errors.TurnoutError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def trailing_metadata(error: errors.TurnoutError) -> tuple[tuple[str, str], ...]:
+    """Trailers an error carries beside its status: ``retry-after`` (seconds, as HTTP's header)
+    when the client should back off."""
+    if isinstance(error, errors.Overloaded):
+        return (("retry-after", str(max(1, math.ceil(error.retry_after_s)))),)
+    return ()
+
+
 async def abort(context: grpc.aio.ServicerContext, error: errors.TurnoutError) -> NoReturn:
-    """End the RPC with the error's status and message."""
-    await context.abort(code_for(error), error.message)
+    """End the RPC with the error's status, message and trailers."""
+    await context.abort(code_for(error), error.message, trailing_metadata(error))
     raise AssertionError("unreachable: abort raises")

@@ -33,7 +33,14 @@ from tests.support.e2e import (
 from tests.support.onnx_models import write_model
 from tests.support.polling import wait_for
 from tests.support.rawhttp import Reply, assert_no_leak, post_json, request, send_raw
-from tests.support.scheduling import InThread, busy_echo, echo_body, echo_values, stub_echo
+from tests.support.scheduling import (
+    InThread,
+    busy_echo,
+    echo_body,
+    echo_message,
+    echo_values,
+    raw_outputs,
+)
 from tests.support.server import TurnoutProcess
 from turnout.protos import inference_pb2 as pb
 from turnout.protos import inference_pb2_grpc as pb_grpc
@@ -297,39 +304,60 @@ def test_grpc_metadata_over_the_limit_is_resource_exhausted(
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
 
 
+Feed = queue.SimpleQueue[pb.ModelInferRequest | None]
+
+
+def open_stream(
+    stub: pb_grpc.GRPCInferenceServiceStub, value: int
+) -> tuple[Feed, Iterator[pb.ModelStreamInferResponse]] | None:
+    """A ModelStreamInfer call held open, known to be running because it answered one request;
+    None when the server refused it (an RPC that just ended may still hold its slot)."""
+    feed: Feed = queue.SimpleQueue()
+    feed.put(echo_message("echo", echo_values(1, 1, value)))
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        while (message := feed.get()) is not None:
+            yield message
+
+    stream = stub.ModelStreamInfer(requests(), timeout=60)
+    try:
+        first = next(stream)
+    except grpc.RpcError as error:
+        feed.put(None)
+        if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        raise
+    assert first.error_message == "", first
+    assert raw_outputs(first.infer_response)["Y"].tolist() == [[value]]
+    return feed, stream
+
+
 def test_rpcs_past_the_concurrent_cap_are_resource_exhausted(
     stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:
-    feeds: list[queue.SimpleQueue[pb.ModelInferRequest | None]] = []
-    streams = []
-    for _ in range(MAX_CONCURRENT_RPCS):
-        feed: queue.SimpleQueue[pb.ModelInferRequest | None] = queue.SimpleQueue()
-
-        def requests(
-            feed: queue.SimpleQueue[pb.ModelInferRequest | None] = feed,
-        ) -> Iterator[pb.ModelInferRequest]:
-            while (message := feed.get()) is not None:
-                yield message
-
-        feeds.append(feed)
-        streams.append(stub.ModelStreamInfer(requests(), timeout=30))
+    held = [
+        wait_for(functools.partial(open_stream, stub, value), "a stream open")
+        for value in range(MAX_CONCURRENT_RPCS)
+    ]
     try:
-
-        def refused() -> grpc.RpcError | None:
-            try:
-                stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
-            except grpc.RpcError as error:
-                return error
-            return None
-
-        error = wait_for(refused, "an RPC past the cap refused")
-        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
+        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
-        for feed in feeds:
+        for feed, _ in held:
             feed.put(None)
-        for stream in streams:
+        for _, stream in held:
             assert list(stream) == []
-    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+
+    def live() -> bool:
+        try:
+            return bool(stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live)
+        except grpc.RpcError as error:
+            if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
+            raise
+
+    wait_for(live, "RPCs served again")
 
 
 def test_requests_past_the_in_flight_cap_are_refused_at_once_and_the_admitted_complete(
@@ -362,9 +390,11 @@ def test_requests_past_the_in_flight_cap_are_refused_at_once_and_the_admitted_co
         assert reply.status == 503, reply
         assert reply.headers["retry-after"] == "1"
         assert f"limit of {MAX_INFLIGHT} requests in flight" in reply.error()
-        refused = stub_echo(stub, "echo", echo_values(1, 1, 4))
-        assert refused.code == "RESOURCE_EXHAUSTED", refused
-        assert "in flight" in refused.message
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(echo_message("echo", echo_values(1, 1, 4)), timeout=10)
+        assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "in flight" in (raised.value.details() or "")
+        assert ("retry-after", "1") in raised.value.trailing_metadata()
         replies = [call.result() for call in waiting]
     for start, admitted in zip((1, 2), replies, strict=True):
         assert admitted.status == 200, admitted
