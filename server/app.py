@@ -78,14 +78,20 @@ class Gateway:
         self.metrics.watch_monitor(self.monitor)
         limits = config.server.limits
         self.plane = DataPlane(
-            self.repository, self.router, self.metrics, self.monitor, limits.max_inflight_requests
+            self.repository,
+            self.router,
+            self.metrics,
+            self.monitor,
+            limits.max_inflight_requests,
+            limits.max_loop_lag_ms / 1000 if limits.max_loop_lag_ms is not None else None,
         )
+        self.metrics.watch_loop_lag(self.plane.loop_lag)
         tokens = AdminTokens.load(os.environ, config.admin.token_file)
         log.info(
             "admin API %s", "off (no token configured)" if tokens is None else "on, under /admin/"
         )
         ops = OpsEndpoints(self.plane, tokens, config.admin.allowed_origins, config.model_root)
-        self._background: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         server = config.server
         tls = server.tls
@@ -109,6 +115,11 @@ class Gateway:
                 ("grpc.max_metadata_size", limits.max_header_bytes),
                 ("grpc.absolute_max_metadata_size", limits.max_header_bytes),
                 ("grpc.so_reuseport", 0),
+                # grpc.aio takes calls from gRPC's core one per turn of the event loop; past
+                # this many waiting there, the core refuses new ones itself (CANCELLED), which
+                # bounds how long an admitted call can have waited.
+                ("grpc.server.max_pending_requests", limits.max_pending_rpcs),
+                ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_rpcs),
             ],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
@@ -151,7 +162,10 @@ class Gateway:
         await self.repository.load_all()
         await self.router.restore()
         await self._start_monitoring()
-        self._background = asyncio.create_task(self.router.run_background())
+        self._background = [
+            asyncio.create_task(self.router.run_background()),
+            asyncio.create_task(self.plane.loop_lag.run()),
+        ]
         # What exists now (sessions, modules, config) lives as long as the process: keeping it
         # out of the collector's generations makes the collections that requests trigger cheap.
         gc.freeze()
@@ -180,8 +194,8 @@ class Gateway:
         await asyncio.gather(self._grpc.stop(grace), *http_tasks)
         if not await self.plane.wait_idle(grace):
             log.warning("grace period over with requests still in flight")
-        if self._background is not None:
-            self._background.cancel()
+        for task in self._background:
+            task.cancel()
         await self.router.shadows.stop()
         await self.router.save_bandits()
         await asyncio.to_thread(self.monitor.stop, grace)

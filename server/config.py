@@ -80,7 +80,9 @@ class LimitsConfig(Strict):
     keep_alive_timeout_s: Annotated[int, Field(ge=1)] = 5
     max_connections: Annotated[int, Field(ge=1)] = 1000
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] = 1000
+    max_pending_rpcs: Annotated[int, Field(ge=1)] = 256
     max_inflight_requests: Annotated[int, Field(ge=1)] = 4096
+    max_loop_lag_ms: Annotated[float, Field(gt=0)] | None = 250.0
     max_tensors: Annotated[int, Field(ge=1)] = 256
     max_tensor_elements: Annotated[int, Field(ge=1, le=1 << 40)] = 1 << 28
     max_string_bytes: Annotated[int, Field(ge=1)] = 1 * MiB

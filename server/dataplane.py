@@ -22,6 +22,7 @@ from turnout.router.types import InferenceRequest, InferenceResponse
 from turnout.server.drift import watch_version
 from turnout.server.metrics import UNKNOWN, Metrics, RequestSeries, status_of
 from turnout.server.monitoring_config import ModelMonitoring
+from turnout.server.saturation import LoopLag
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class DataPlane:
         metrics: Metrics,
         monitor: DriftMonitor | None = None,
         max_inflight: int = 4096,
+        max_loop_lag_s: float | None = None,
     ) -> None:
         self.repository = repository
         self.router = router
@@ -57,6 +59,8 @@ class DataPlane:
         self.info = ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
         self.draining = False
         self.max_inflight = max_inflight
+        self.max_loop_lag_s = max_loop_lag_s
+        self.loop_lag = LoopLag()
         self._inflight = 0
         self._inflight_by_protocol = dict.fromkeys(PROTOCOLS, 0)
         for protocol in PROTOCOLS:
@@ -83,7 +87,7 @@ class DataPlane:
 
         Use the scope as a context manager around decoding, inference and encoding; entering it
         raises Overloaded (counted for the endpoint) when ``max_inflight`` requests are in
-        flight already.
+        flight already, or the event loop runs more than ``max_loop_lag_s`` late.
         """
         if self.draining:
             raise Unavailable("the server is shutting down")
@@ -187,6 +191,13 @@ class DataPlane:
             self._series(scope).failed("overloaded", 0.0, None)
             raise Overloaded(
                 f"the server is at its limit of {self.max_inflight} requests in flight; retry later"
+            )
+        lag = self.loop_lag.seconds
+        if self.max_loop_lag_s is not None and lag > self.max_loop_lag_s:
+            self._series(scope).failed("overloaded", 0.0, None)
+            raise Overloaded(
+                f"the server is saturated (requests wait {lag * 1000:.0f} ms before they are "
+                "read); retry later"
             )
         self._inflight += 1
         self._inflight_by_protocol[scope.protocol] += 1

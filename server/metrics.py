@@ -27,6 +27,7 @@ from turnout.monitoring.monitor import DriftMonitor
 from turnout.monitoring.sinks import GaugeSink
 from turnout.router.router import Router
 from turnout.server.http.protocol import REFUSAL_REASONS
+from turnout.server.saturation import LoopLag
 from turnout.server.statistics import Statistics, VersionStatistics
 
 UNKNOWN = "_unknown"
@@ -133,6 +134,14 @@ class Metrics:
     def watch(self, repository: ModelRepository) -> None:
         """Export the scheduler and cache counters of the repository's versions."""
         self.registry.register(_ModelCollector(repository))
+
+    def watch_loop_lag(self, lag: LoopLag) -> None:
+        """Export how late the event loop runs."""
+        Gauge(
+            "turnout_event_loop_lag_seconds",
+            "How late the event loop ran its last timer: how long a request waits to be read.",
+            registry=self.registry,
+        ).set_function(lambda: lag.seconds)
 
     def watch_router(self, router: Router) -> None:
         """Export the routes' state: policies, shadow comparisons, bandit arms, rollouts."""

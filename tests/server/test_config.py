@@ -1021,6 +1021,8 @@ def test_limits_default_to_the_readme(config_dir: Path) -> None:
     assert limits.max_connections == 1000
     assert limits.max_concurrent_rpcs == 1000
     assert limits.max_inflight_requests == 4096
+    assert limits.max_loop_lag_ms == 250
+    assert limits.max_pending_rpcs == 256
     assert limits.max_tensors == 256
     assert limits.max_tensor_elements == 1 << 28
     assert limits.max_string_bytes == 1024 * 1024
@@ -1037,6 +1039,8 @@ def test_limits_are_read_field_by_field(config_dir: Path) -> None:
         "max_connections": 10,
         "max_concurrent_rpcs": 20,
         "max_inflight_requests": 30,
+        "max_loop_lag_ms": 12.5,
+        "max_pending_rpcs": 40,
         "max_tensors": 3,
         "max_tensor_elements": 99,
         "max_string_bytes": 12,
@@ -1059,6 +1063,8 @@ def test_limits_are_read_field_by_field(config_dir: Path) -> None:
         ("max_connections", 0, "greater than or equal to 1"),
         ("max_concurrent_rpcs", 0, "greater than or equal to 1"),
         ("max_inflight_requests", 0, "greater than or equal to 1"),
+        ("max_loop_lag_ms", 0, "greater than 0"),
+        ("max_pending_rpcs", 0, "greater than or equal to 1"),
         ("max_tensors", 0, "greater than or equal to 1"),
         ("max_tensor_elements", (1 << 40) + 1, "less than or equal to 1099511627776"),
         ("max_string_bytes", 0, "greater than or equal to 1"),
