@@ -12,7 +12,9 @@ TICK_S = 0.02
 
 
 class LoopLag:
-    """Measures, once a tick, how late the event loop ran a timer it was given."""
+    """Measures, once a tick, how late the event loop ran a timer it was given. ``seconds`` is
+    the lesser lateness of the last two ticks: a backlog keeps every tick late, while one long
+    callback (a huge body decoded, say) delays a single tick and is not saturation."""
 
     def __init__(self, tick_s: float = TICK_S) -> None:
         self.tick_s = tick_s
@@ -20,7 +22,10 @@ class LoopLag:
 
     async def run(self) -> None:
         """Measure until cancelled."""
+        previous = 0.0
         while True:
             due = time.monotonic() + self.tick_s
             await asyncio.sleep(self.tick_s)
-            self.seconds = max(0.0, time.monotonic() - due)
+            late = max(0.0, time.monotonic() - due)
+            self.seconds = min(late, previous)
+            previous = late

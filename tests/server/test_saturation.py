@@ -27,25 +27,41 @@ def overloaded(data_plane: DataPlane, protocol: str) -> int:
     return data_plane.metrics.series(UNKNOWN, "", protocol).outcomes["overloaded"]
 
 
-def test_the_lag_reads_how_long_the_loop_was_blocked_and_recovers() -> None:
-    async def scenario() -> tuple[float, float]:
-        lag = LoopLag(TICK_S)
-        measuring = asyncio.create_task(lag.run())
-        await asyncio.sleep(3 * TICK_S)
-        # A callback that holds the loop: what a saturated loop does to every timer.
-        asyncio.get_running_loop().call_soon(time.sleep, BLOCK_S)
-        blocked = 0.0
-        watch_until = time.monotonic() + BLOCK_S + 5 * TICK_S
-        while time.monotonic() < watch_until:
-            blocked = max(blocked, lag.seconds)
-            await asyncio.sleep(0)
-        await asyncio.sleep(10 * TICK_S)
-        recovered = lag.seconds
-        measuring.cancel()
-        return blocked, recovered
+async def _observed_lag(blocks: int) -> tuple[float, float]:
+    """The most LoopLag read while ``blocks`` callbacks in a row each held the loop for
+    BLOCK_S, and what it read a few ticks after."""
+    lag = LoopLag(TICK_S)
+    measuring = asyncio.create_task(lag.run())
+    await asyncio.sleep(3 * TICK_S)
+    loop = asyncio.get_running_loop()
 
-    blocked, recovered = asyncio.run(scenario())
-    assert blocked >= BLOCK_S - 2 * TICK_S
+    def hold(remaining: int) -> None:
+        # What a backlog does: each turn of the loop is taken by work queued before the timer.
+        time.sleep(BLOCK_S)
+        if remaining > 1:
+            loop.call_soon(hold, remaining - 1)
+
+    loop.call_soon(hold, blocks)
+    observed = 0.0
+    watch_until = time.monotonic() + blocks * (BLOCK_S + TICK_S) + 5 * TICK_S
+    while time.monotonic() < watch_until:
+        observed = max(observed, lag.seconds)
+        await asyncio.sleep(0)
+    await asyncio.sleep(10 * TICK_S)
+    recovered = lag.seconds
+    measuring.cancel()
+    return observed, recovered
+
+
+def test_a_loop_that_stays_late_reads_as_lag_and_recovers() -> None:
+    observed, recovered = asyncio.run(_observed_lag(blocks=4))
+    assert observed >= BLOCK_S - 2 * TICK_S
+    assert recovered < BLOCK_S / 2
+
+
+def test_one_long_callback_is_not_saturation() -> None:
+    observed, recovered = asyncio.run(_observed_lag(blocks=1))
+    assert observed < BLOCK_S / 2
     assert recovered < BLOCK_S / 2
 
 
