@@ -59,8 +59,14 @@ class ModelRepository:
             entry.runner = await asyncio.to_thread(load_version, entry.spec, self._cpu_instances)
         except Exception as exc:
             entry.state = VersionState.UNAVAILABLE
-            entry.reason = f"failed to load: {type(exc).__name__}"
-            log.error("%s failed to load from %s: %s", entry.spec.label, entry.spec.path, exc)
+            entry.reason = "failed to load; the server log says why"
+            log.error(
+                "%s failed to load from %s: %s: %s",
+                entry.spec.label,
+                entry.spec.path,
+                type(exc).__name__,
+                exc,
+            )
         else:
             entry.state = VersionState.READY
 

@@ -241,11 +241,15 @@ class Router:
 
     def _check_versions(self, endpoint: str, config: RouteConfig) -> None:
         known = self._repository.versions(endpoint)
-        for version in sorted(config.versions(), key=int):
+        for field, version in config.named_versions():
             if version not in known:
-                raise InvalidInput(f"model {quoted(endpoint)} has no version {quoted(version)}")
+                raise InvalidInput(
+                    f"{field}: model {quoted(endpoint)} has no version {quoted(version)}"
+                )
             if self._repository.entry(endpoint, version).state is not VersionState.READY:
-                raise InvalidInput(f"model {quoted(endpoint)} version {version} is not ready")
+                raise InvalidInput(
+                    f"{field}: model {quoted(endpoint)} version {version} is not ready"
+                )
 
     async def _roll_back_rollout(
         self, endpoint: str, route: Route, who: str, reason: str

@@ -22,6 +22,9 @@ from turnout.schema import VERSION_PATTERN, Strict, describe_errors, version_tex
 
 Policy = Literal["latest", "fixed", "canary", "blue_green", "bandit", "rollout"]
 Version = Annotated[str, Field(pattern=VERSION_PATTERN)]
+# Numbers as numbers: a JSON true or "90" is a mistake to report, not a 1.0 or 90.0 to apply.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Count = Annotated[int, Field(strict=True)]
 
 # The fields each policy takes; the others must be absent.
 _POLICY_FIELDS: dict[str, set[str]] = {
@@ -54,8 +57,8 @@ class ShadowConfig(Strict):
     primary."""
 
     version: Version
-    rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
-    max_inflight: Annotated[int, Field(ge=1, le=10_000)] = 64
+    rate: Annotated[Number, Field(ge=0.0, le=1.0)] = 1.0
+    max_inflight: Annotated[Count, Field(ge=1, le=10_000)] = 64
 
     @field_validator("version", mode="before")
     @classmethod
@@ -68,22 +71,22 @@ class RouteConfig(Strict):
 
     policy: Policy
     version: Version | None = None
-    weights: dict[Version, Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] | None = None
+    weights: dict[Version, Annotated[Number, Field(ge=0.0)]] | None = None
     live: Version | None = None
     staged: Version | None = None
     algorithm: Literal["epsilon_greedy", "ucb1", "thompson"] | None = None
     arms: Annotated[list[Version], Field(min_length=2)] | None = None
-    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    epsilon: Annotated[Number, Field(ge=0.0, le=1.0)] | None = None
     reward: Literal["binary", "real"] | None = None
     stable: Version | None = None
     canary: Version | None = None
     steps: (
-        Annotated[list[Annotated[float, Field(gt=0.0, le=100.0)]], Field(min_length=1)] | None
+        Annotated[list[Annotated[Number, Field(gt=0.0, le=100.0)]], Field(min_length=1)] | None
     ) = None
-    step_interval_s: Annotated[float, Field(gt=0.0)] | None = None
-    min_requests: Annotated[int, Field(ge=1)] | None = None
-    max_error_rate_increase: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    max_p99_ratio: Annotated[float, Field(ge=1.0)] | None = None
+    step_interval_s: Annotated[Number, Field(gt=0.0)] | None = None
+    min_requests: Annotated[Count, Field(ge=1)] | None = None
+    max_error_rate_increase: Annotated[Number, Field(ge=0.0, le=1.0)] | None = None
+    max_p99_ratio: Annotated[Number, Field(ge=1.0)] | None = None
     shadow: ShadowConfig | None = None
 
     @field_validator("version", "live", "staged", "stable", "canary", mode="before")
@@ -115,6 +118,11 @@ class RouteConfig(Strict):
         missing = sorted(_REQUIRED_FIELDS.get(self.policy, set()) - given)
         if missing:
             raise ValueError(f"{', '.join(missing)}: required by policy {self.policy}")
+        if self.weights is not None and len(self.weights) < 2:
+            raise ValueError(
+                "weights: a canary splits traffic between at least two versions "
+                "(policy fixed sends it all to one)"
+            )
         if self.weights is not None and not any(self.weights.values()):
             raise ValueError("weights: at least one weight must be positive")
         if self.weights is not None and not math.isfinite(sum(self.weights.values())):
@@ -131,11 +139,21 @@ class RouteConfig(Strict):
 
     def versions(self) -> set[str]:
         """Every version the route may send traffic to, its shadow included."""
-        named = {self.version, self.live, self.staged, self.stable, self.canary}
-        named |= set(self.weights or {}) | set(self.arms or [])
+        return {version for _, version in self.named_versions()}
+
+    def named_versions(self) -> list[tuple[str, str]]:
+        """Every version the route names, with the field that names it (``weights.2``,
+        ``arms[1]``, ``shadow.version``)."""
+        named = [
+            (field, getattr(self, field))
+            for field in ("version", "live", "staged", "stable", "canary")
+            if getattr(self, field) is not None
+        ]
+        named += [(f"weights.{version}", version) for version in self.weights or {}]
+        named += [(f"arms[{index}]", version) for index, version in enumerate(self.arms or [])]
         if self.shadow is not None:
-            named.add(self.shadow.version)
-        return {version for version in named if version is not None}
+            named.append(("shadow.version", self.shadow.version))
+        return named
 
     def document(self) -> dict[str, Any]:
         """The route as the admin API shows it (fields the route does not give are omitted)."""

@@ -32,6 +32,7 @@ from turnout.server.config import Config, ConfigError, ListenConfig, ServerConfi
 from turnout.server.dataplane import DataPlane
 from turnout.server.drift import watch_version
 from turnout.server.grpc.feedback import FeedbackServicer
+from turnout.server.grpc.registration import add_service
 from turnout.server.grpc.servicer import InferenceServicer
 from turnout.server.http.admin import OpsEndpoints
 from turnout.server.http.app import HttpFrontEnd
@@ -123,10 +124,14 @@ class Gateway:
             ],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.plane, request_limits), self._grpc
+        add_service(
+            self._grpc,
+            pb_grpc.add_GRPCInferenceServiceServicer_to_server,
+            InferenceServicer(self.plane, request_limits),
         )
-        turnout_grpc.add_FeedbackServicer_to_server(FeedbackServicer(self.plane), self._grpc)
+        add_service(
+            self._grpc, turnout_grpc.add_FeedbackServicer_to_server, FeedbackServicer(self.plane)
+        )
         grpc_address = f"{server.grpc.host}:{server.grpc.port}"
         self.grpc_port: int = (
             self._grpc.add_insecure_port(grpc_address)

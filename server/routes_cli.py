@@ -146,12 +146,22 @@ def _route_from_fields(policy: str, fields: list[str]) -> dict[str, Any]:
         if not separator:
             raise _Refused(f"{field!r}: expected KEY=VALUE")
         if policy == "canary":
-            route.setdefault("weights", {})[key] = value
+            route.setdefault("weights", {})[key] = _scalar(value)
         elif key in ("arms", "steps"):
-            route[key] = value.split(",")
+            route[key] = [_scalar(item) for item in value.split(",")]
         else:
-            route[key] = value
+            route[key] = _scalar(value)
     return route
+
+
+def _scalar(text: str) -> int | float | str:
+    """A field's value as the JSON the admin API takes: a number when it reads as one."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
 
 
 def _report(admin: _Admin, args: argparse.Namespace) -> int:

@@ -159,12 +159,12 @@ def test_garbage_version_is_unavailable_with_a_reason(repository: ModelRepositor
     entry = repository.entry("mlp", "3")
 
     assert entry.state is VersionState.UNAVAILABLE
-    assert entry.reason == "failed to load: InvalidProtobuf"
+    assert entry.reason == "failed to load; the server log says why"
     assert entry.runner is None
     with pytest.raises(ModelNotReady) as caught:
         repository.runner("mlp", "3")
     assert caught.value.message == (
-        "model 'mlp' version 3 is unavailable (failed to load: InvalidProtobuf)"
+        "model 'mlp' version 3 is unavailable (failed to load; the server log says why)"
     )
 
 
@@ -192,7 +192,7 @@ def test_failure_is_logged_with_the_label(tmp_path: Path, caplog: pytest.LogCapt
 
     entry = repo.entry("ghost", "4")
     assert entry.state is VersionState.UNAVAILABLE
-    assert entry.reason == "failed to load: NoSuchFile"
+    assert entry.reason == "failed to load; the server log says why"
     (record,) = caplog.records
     assert record.levelno == logging.ERROR
     assert record.getMessage().startswith(
@@ -207,7 +207,7 @@ def test_unsupported_model_is_unavailable(tmp_path: Path) -> None:
     asyncio.run(repo.load_all())
 
     assert repo.entry("fixed", "1").state is VersionState.UNAVAILABLE
-    assert repo.entry("fixed", "1").reason == "failed to load: UnsupportedModel"
+    assert repo.entry("fixed", "1").reason == "failed to load; the server log says why"
     assert repo.is_ready() is False
 
 

@@ -190,7 +190,7 @@ def test_run_on_a_failed_version_is_not_ready(models: Models) -> None:
         asyncio.run(models.router.run(inference, models.router.choose(inference)))
 
     assert caught.value.message == (
-        "model 'broken' version 2 is unavailable (failed to load: InvalidProtobuf)"
+        "model 'broken' version 2 is unavailable (failed to load; the server log says why)"
     )
 
 
@@ -443,43 +443,43 @@ REFUSED_ROUTES = [
     pytest.param(
         "ab",
         {"policy": "fixed", "version": "7"},
-        "model 'ab' has no version '7'",
+        "version: model 'ab' has no version '7'",
         id="unknown-version",
     ),
     pytest.param(
         "ab",
         {"policy": "canary", "weights": {"1": 50, "7": 50}},
-        "model 'ab' has no version '7'",
+        "weights.7: model 'ab' has no version '7'",
         id="unknown-version-among-weights",
     ),
     pytest.param(
         "ab",
         {"policy": "fixed", "version": "1", "shadow": {"version": "9"}},
-        "model 'ab' has no version '9'",
+        "shadow.version: model 'ab' has no version '9'",
         id="unknown-shadow-version",
     ),
     pytest.param(
         "ab",
         {"policy": "bandit", "arms": ["1", "2", "3"]},
-        "model 'ab' has no version '3'",
+        "arms[2]: model 'ab' has no version '3'",
         id="unknown-arm",
     ),
     pytest.param(
         "flaky",
         {"policy": "fixed", "version": "2"},
-        "model 'flaky' version 2 is not ready",
+        "version: model 'flaky' version 2 is not ready",
         id="not-ready",
     ),
     pytest.param(
         "flaky",
         {"policy": "blue_green", "live": "1", "staged": "2"},
-        "model 'flaky' version 2 is not ready",
+        "staged: model 'flaky' version 2 is not ready",
         id="staged-not-ready",
     ),
     pytest.param(
         "flaky",
         {"policy": "latest", "shadow": {"version": "2"}},
-        "model 'flaky' version 2 is not ready",
+        "shadow.version: model 'flaky' version 2 is not ready",
         id="shadow-not-ready",
     ),
     pytest.param("ab", {"policy": "canary"}, "weights: required by policy canary", id="malformed"),

@@ -34,10 +34,10 @@ VALID: list[Any] = [
         id="canary-int-keys",
     ),
     pytest.param(
-        {"policy": "canary", "weights": {"1": "2.5", "2": 0}},
+        {"policy": "canary", "weights": {"1": 2.5, "2": 0}},
         {"policy": "canary", "weights": {"1": 2.5, "2": 0.0}},
         {"1", "2"},
-        id="canary-text-weight-and-a-zero",
+        id="canary-a-zero-weight",
     ),
     pytest.param(
         {"policy": "canary", "weights": {"1": 50, "2": 30, "3": 20}},
@@ -231,8 +231,30 @@ INVALID: list[Any] = [
     ),
     pytest.param(
         {"policy": "canary", "weights": {}},
-        "weights: at least one weight must be positive",
+        "weights: a canary splits traffic between at least two versions "
+        "(policy fixed sends it all to one)",
         id="no-weights",
+    ),
+    pytest.param(
+        {"policy": "canary", "weights": {"2": 100}},
+        "weights: a canary splits traffic between at least two versions "
+        "(policy fixed sends it all to one)",
+        id="one-version",
+    ),
+    pytest.param(
+        {"policy": "canary", "weights": {"1": "90", "2": 10}},
+        "weights['1']: Input should be a valid number",
+        id="text-weight",
+    ),
+    pytest.param(
+        {"policy": "canary", "weights": {"1": True, "2": 10}},
+        "weights['1']: Input should be a valid number",
+        id="boolean-weight",
+    ),
+    pytest.param(
+        {"policy": "latest", "shadow": {"version": "2", "rate": "0.5"}},
+        "shadow.rate: Input should be a valid number",
+        id="text-shadow-rate",
     ),
     pytest.param(
         {"policy": "canary", "weights": {"1": math.nan}},
