@@ -69,6 +69,8 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     versions: Counter[str] = field(default_factory=Counter)  # "endpoint/version" → answered
     not_sent: int = 0  # open loop: due, but MAX_IN_FLIGHT were in flight already
+    # The answered requests that succeeded: under overload, the latency of what was admitted.
+    success_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def add(self, endpoint: str, outcome: Outcome, latency_us: float) -> None:
         """Count one request."""
@@ -76,6 +78,7 @@ class Tally:
         self.latency.record(latency_us)
         if outcome.ok:
             self.versions[f"{endpoint}/{outcome.version}"] += 1
+            self.success_latency.record(latency_us)
         else:
             self.errors[outcome.code] += 1
 
@@ -87,6 +90,7 @@ class Tally:
             "errors": dict(self.errors),
             "versions": dict(self.versions),
             "not_sent": self.not_sent,
+            "success_latency": self.success_latency.to_dict(),
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class Tally:
             Counter(data["errors"]),
             Counter(data["versions"]),
             data["not_sent"],
+            LatencyHistogram.from_dict(data["success_latency"]),
         )
 
     def merge(self, other: "Tally") -> None:
@@ -107,6 +112,7 @@ class Tally:
         self.errors.update(other.errors)
         self.versions.update(other.versions)
         self.not_sent += other.not_sent
+        self.success_latency.merge(other.success_latency)
 
 
 class Recorder:

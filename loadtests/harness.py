@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from turnout.protos import inference_pb2 as pb
 from turnout.protos import inference_pb2_grpc as pb_grpc
@@ -258,3 +261,24 @@ def client_benchmark_main(
         args.json.write_text(json.dumps(report, indent=2))
     print(f"{report['date']}, {report['machine']}; {report['model']}; client {report['client']}\n")
     print(table(report))
+
+
+def turnout_pid(ready_file: Path) -> int:
+    """The process id a started Turnout reported."""
+    return int(json.loads(ready_file.read_text())["pid"])
+
+
+def resident_kib(pid: int) -> int:
+    """A process's resident set size (VmRSS), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"process {pid} reports no VmRSS")
+
+
+def metric_samples(http_port: int, timeout_s: float = 10.0) -> list[Sample]:
+    """Every sample a server's ``GET /metrics`` exports (counters under their ``_total`` name)."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+        text = answer.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]

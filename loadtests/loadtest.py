@@ -524,6 +524,9 @@ def _figures(tally: "Tally", duration_s: float) -> dict[str, Any]:
         "latency_ms": {
             name: round(value, 4) for name, value in tally.latency.percentiles_ms().items()
         },
+        "success_latency_ms": {
+            name: round(value, 4) for name, value in tally.success_latency.percentiles_ms().items()
+        },
         "errors": dict(sorted(tally.errors.items())),
         "not_sent": tally.not_sent,
         "error_rate": round(errors / due, 6) if due else 0.0,

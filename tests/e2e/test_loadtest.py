@@ -207,6 +207,8 @@ def _assert_sound(run: Run, endpoint: str = DEMO) -> dict[str, Any]:
     _assert_latency_ordered(report["latency_ms"])
     assert report["errors"] == {}, report["errors"]
     assert report["error_rate"] == 0.0
+    # Without errors, the successful answers are all the answers.
+    assert report["success_latency_ms"] == report["latency_ms"]
     assert list(report["requests_per_version"]) == [endpoint], report["requests_per_version"]
     assert sum(report["requests_per_version"][endpoint].values()) == requests
     # the phases add up to the whole

@@ -67,3 +67,19 @@ def test_requests_never_sent_count_as_errors_but_not_as_requests() -> None:
     assert figures["error_rate"] == 0.2
     assert figures["latency_ms"]["p50"] == pytest_approx(1.0)
     assert Tally.from_dict(tally.to_dict()).not_sent == 2
+
+
+def test_success_latency_leaves_out_the_errors_and_merges_across_processes() -> None:
+    first = Tally()
+    first.add("mlp", Outcome(True, "OK", "1"), 2_000.0)
+    first.add("mlp", Outcome(False, "RESOURCE_EXHAUSTED"), 90_000.0)
+    second = Tally.from_dict(first.to_dict())
+    second.add("mlp", Outcome(True, "OK", "2"), 4_000.0)
+    first.merge(second)
+
+    figures = _figures(first, 1.0)
+    assert figures["requests"] == 5
+    assert figures["errors"] == {"RESOURCE_EXHAUSTED": 2}
+    assert figures["latency_ms"]["max"] == pytest.approx(90.0, rel=1e-3)
+    assert figures["success_latency_ms"]["max"] == pytest.approx(4.0, rel=1e-3)
+    assert figures["success_latency_ms"]["p50"] == pytest.approx(2.0, rel=1e-3)
