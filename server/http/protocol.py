@@ -159,6 +159,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if retry_after:
             head.append(b"retry-after: 1\r\n")
         self.transport.write(b"".join([*head, b"\r\n", body]))
+        # A refused connection lingering does not hold one of max_connections' places: under a
+        # storm of reconnects, lingering refusals would otherwise refuse everyone.
+        self.connections.discard(self)
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self._arm(LINGER_S, self.transport.close)
