@@ -199,17 +199,7 @@ def executions(process: TurnoutProcess) -> dict[tuple[str, str], int]:
 def patient_post(process: TurnoutProcess, path: str, document: Any) -> Reply:
     """POST ``document`` as JSON, waiting up to PATIENT_S for the answer (a request queued
     behind a slow one on a loaded machine can take longer than rawhttp's 10 s)."""
-    connection = http.client.HTTPConnection("127.0.0.1", process.http_port, timeout=PATIENT_S)
-    try:
-        connection.request("POST", path, _encode(document), JSON)
-        response = connection.getresponse()
-        return Reply(
-            response.status,
-            {name.lower(): value for name, value in response.getheaders()},
-            response.read(),
-        )
-    finally:
-        connection.close()
+    return post_json(process.http_url, path, document, timeout_s=PATIENT_S)
 
 
 def patient_echo(

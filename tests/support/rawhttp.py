@@ -58,10 +58,11 @@ def request(
     path: str,
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    timeout_s: float = TIMEOUT_S,
 ) -> Reply:
     """Send one request to ``address`` (``host:port``) on a fresh connection."""
     host, _, port = address.rpartition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT_S)
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
     try:
         connection.request(method, path, body=body, headers=dict(headers or {}))
         response = connection.getresponse()
@@ -79,10 +80,11 @@ def post_json(
     path: str,
     document: Any,
     headers: Mapping[str, str] | None = None,
+    timeout_s: float = TIMEOUT_S,
 ) -> Reply:
     """POST ``document`` as ``application/json``."""
     merged = {"Content-Type": "application/json", **(headers or {})}
-    return request(address, "POST", path, json.dumps(document).encode(), merged)
+    return request(address, "POST", path, json.dumps(document).encode(), merged, timeout_s)
 
 
 def send_raw(address: str, data: bytes, timeout_s: float = TIMEOUT_S) -> Reply:
