@@ -139,10 +139,12 @@ def _assert_answer(answer: dict[str, np.ndarray], expected: dict[str, np.ndarray
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL sink (complete lines only: the writer may be mid-batch)."""
-    if not path.is_file():
+    """The records of a JSONL sink (complete lines only: the writer may be mid-batch; none
+    while the file is absent, which it is between a rotation and the next write)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return []
-    text = path.read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
