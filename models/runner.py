@@ -32,7 +32,6 @@ class ModelRunner:
         self.placement = placement
         self.policy = policy
         self.counters = VersionCounters()
-        self._instances = instances
         self._timeout_s = timeout_s
         self._all_outputs = tuple(spec.name for spec in signature.outputs)
         self._bytes_inputs = {spec.name for spec in signature.inputs if spec.datatype.is_bytes}
@@ -168,7 +167,7 @@ class ModelRunner:
         """Run every instance once on zeros (blocking; called while loading). Replacements of
         abandoned instances are warmed up the same way."""
         self._warmup = True
-        for instance in self._instances:
+        for instance in self._scheduler.instances:
             self._warm(instance)
 
     def _warm(self, instance: OrtInstance) -> None:

@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from turnout import __version__
 from turnout.errors import InternalError, InvalidInput, Overloaded, Unavailable, quoted
@@ -188,20 +188,20 @@ class DataPlane:
 
     def _enter(self, scope: "RequestScope") -> None:
         if self._inflight >= self.max_inflight:
-            self._series(scope).failed("overloaded", 0.0, None)
-            raise Overloaded(
-                f"the server is at its limit of {self.max_inflight} requests in flight; retry later"
-            )
+            self._refuse(scope, f"at its limit of {self.max_inflight} requests in flight")
         lag = self.loop_lag.seconds
         if self.max_loop_lag_s is not None and lag > self.max_loop_lag_s:
-            self._series(scope).failed("overloaded", 0.0, None)
-            raise Overloaded(
-                f"the server is saturated (requests wait {lag * 1000:.0f} ms before they are "
-                "read); retry later"
+            self._refuse(
+                scope, f"saturated (requests wait {lag * 1000:.0f} ms before they are read)"
             )
         self._inflight += 1
         self._inflight_by_protocol[scope.protocol] += 1
         self._idle.clear()
+
+    def _refuse(self, scope: "RequestScope", why: str) -> NoReturn:
+        """Count ``scope``'s request as overloaded for its endpoint and refuse it."""
+        self._series(scope).failed("overloaded", 0.0, None)
+        raise Overloaded(f"the server is {why}; retry later")
 
     def _series(self, scope: "RequestScope") -> RequestSeries:
         endpoint = scope.endpoint if self.repository.has_model(scope.endpoint) else UNKNOWN

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -68,8 +67,10 @@ from tests.support.prometheus import Scrape
 from tests.support.rawhttp import Reply, assert_no_leak, post_json, request, send_raw
 from tests.support.routing import Admin, HttpSession, admin_env, bearer
 from tests.support.scheduling import (
+    Busy,
     InThread,
     Outcome,
+    busy_echo,
     echo_body,
     echo_message,
     executions_by_batch_size,
@@ -1711,7 +1712,7 @@ def test_row13_version_being_unloaded_is_503_and_the_others_serve(gateway: Gatew
         inputs=[_raw_tensor("X", "INT64", values.shape)],
         raw_input_contents=[values.tobytes()],
     )
-    with Occupied(target, "unloading", CROWDED_STEPS, version="2"):
+    with occupied(target, "unloading", CROWDED_STEPS, version="2"):
         unload = InThread(functools.partial(admin.unload, "unloading", "2"))
         until(lambda: admin.states("unloading").get("2") == "UNLOADING", "version 2 unloading")
         error = grpc_failure(functools.partial(target.stub.ModelInfer, pinned, timeout=10))
@@ -1812,41 +1813,10 @@ def _echo_values(start: int, rows: int = 1, width: int = 1) -> np.ndarray:
     return np.arange(start, start + rows * width, dtype=np.int64).reshape(rows, width)
 
 
-class Occupied:
+def occupied(target: Served, model: str, steps: int = BUSY_STEPS, version: str = "1") -> Busy:
     """Keeps the only instance of ``model`` (version ``version``, pinned) running one slow echo
-    request of ``steps`` loop steps, sent over HTTP in a thread, while the ``with`` block lasts:
-    entering returns once it has left the queue for the instance; leaving waits for its answer
-    and checks it."""
-
-    def __init__(
-        self, target: Served, model: str, steps: int = BUSY_STEPS, version: str = "1"
-    ) -> None:
-        self._target = target
-        self._model = model
-        self._steps = steps
-        self._version = version
-        self._call: InThread[Reply] | None = None
-
-    def __enter__(self) -> "Occupied":
-        process, model, version = self._target.process, self._model, self._version
-        started = launched(process, model, version)
-        body = echo_body(np.array([[self._steps]]))
-        path = f"/v2/models/{model}/versions/{version}/infer"
-        self._call = InThread(functools.partial(patient_post, process, path, body))
-        until(lambda: launched(process, model, version) == started + 1, f"{model} busy")
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        assert self._call is not None
-        reply = self._call.result(PATIENT_S)
-        if exc is None:
-            assert reply.status == 200, reply
-            np.testing.assert_array_equal(json_array(reply, "Y"), [[self._steps]])
+    request of ``steps`` loop steps while the ``with`` block lasts, waiting up to PATIENT_S."""
+    return busy_echo(target.process, model, steps, version, PATIENT_S)
 
 
 def _stream_outcome(answer: pb.ModelStreamInferResponse) -> Outcome:
@@ -1902,7 +1872,7 @@ def test_row15_queue_full_refuses_exactly_the_overflow(gateway: Gateway, client:
     send, code = OVERFLOW[client]
     before = executions_by_batch_size(target.process, "bounded")
     queued_values = [_echo_values(100, rows=3), _echo_values(200, rows=2)]
-    with Occupied(target, "bounded", CROWDED_STEPS):
+    with occupied(target, "bounded", CROWDED_STEPS):
         queued = [
             InThread(functools.partial(patient_echo, target.process, "bounded", queued_values[0])),
             InThread(functools.partial(stub_echo, target.stub, "bounded", queued_values[1])),
@@ -1998,7 +1968,7 @@ def test_row17_request_past_its_budget_is_refused_and_never_runs(
     send, code, runs = LATE[sender]
     before = executions_by_batch_size(target.process, "deadline")
     expired = series(scrape(target.process), "turnout_queue_expired_total", "deadline")
-    with Occupied(target, "deadline"):
+    with occupied(target, "deadline"):
         call = InThread(functools.partial(send, target, _echo_values(40)))
         if sender != "grpc-stream-timeout-parameter":
             call.result(PATIENT_S)  # refused while the slow request still runs
@@ -2072,7 +2042,7 @@ def test_row18_stream_deadline_while_queued_drops_the_request(gateway: Gateway) 
     target = gateway.served
     before = executions_by_batch_size(target.process, "deadline")
     dropped = _dropped(target)
-    with Occupied(target, "deadline"):
+    with occupied(target, "deadline"):
         stream = Stream(target.stub, timeout_s=0.3)
         stream.send(echo_message("deadline", _echo_values(70), request_id="queued"))
         # The server drops the request at the stream's deadline and may say so on the stream
@@ -2281,7 +2251,7 @@ def test_row21_every_member_of_a_misaligned_batch_gets_500(gateway: Gateway) -> 
     target = gateway.served
     before = executions_by_batch_size(target.process, "collapsed")
     senders = (_internal_http, _internal_stub, _internal_triton_grpc)
-    with Occupied(target, "collapsed", CROWDED_STEPS):
+    with occupied(target, "collapsed", CROWDED_STEPS):
         calls = [
             InThread(functools.partial(send, target, "collapsed", _echo_values(10 * (index + 1))))
             for index, send in enumerate(senders)
@@ -2469,7 +2439,7 @@ def _cache(target: Served, model: str) -> tuple[float, float, float]:
 def _deadline_then_again(target: Served) -> None:
     values = _echo_values(500, rows=2)
     # The slow request's own value differs per scenario: a cached one would not keep it busy.
-    with Occupied(target, "cached", BUSY_STEPS + 1):
+    with occupied(target, "cached", BUSY_STEPS + 1):
         late = http_echo(target.process, "cached", values, timeout_us=50_000)
     assert late.code == "504", late
     hits = _cache(target, "cached")[0]
@@ -2485,7 +2455,7 @@ def _deadline_then_again(target: Served) -> None:
 
 def _overload_then_again(target: Served) -> None:
     waiting, refused_values = _echo_values(600), _echo_values(700, rows=3)
-    with Occupied(target, "cached", CROWDED_STEPS + 2):
+    with occupied(target, "cached", CROWDED_STEPS + 2):
         queued = InThread(functools.partial(patient_echo, target.process, "cached", waiting))
         until(lambda: queue_depth(target.process, "cached") == CACHED_QUEUE, "queue full")
         refused = stub_echo(target.stub, "cached", refused_values)
@@ -2844,7 +2814,7 @@ def test_row24_signal_with_queued_and_executing_requests(
     ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         target = Served(process, stub, repository, "1")
-        with Occupied(target, "slow", CROWDED_STEPS):
+        with occupied(target, "slow", CROWDED_STEPS):
             calls = {
                 "http": InThread(functools.partial(patient_echo, process, "slow", waiting["http"])),
                 "stub": InThread(functools.partial(stub_echo, stub, "slow", waiting["stub"])),

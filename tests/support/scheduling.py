@@ -2,6 +2,7 @@
 and the result cache: what a model version's queue and instances are doing now, requests run
 in threads, and a slow request that keeps a version's only instance busy."""
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Mapping
@@ -164,7 +165,10 @@ def json_array(reply: Reply, name: str) -> np.ndarray:
 class Busy:
     """Keeps the only idle instance of ``model`` running one slow request (sent over HTTP in a
     thread) for as long as the ``with`` block lasts; on exit waits for it and checks that it
-    succeeded. Entering returns once the request has left the queue for an instance."""
+    succeeded. Entering returns once the request has left the queue for an instance.
+
+    ``version`` pins the request to that version (the endpoint's route decides otherwise);
+    ``timeout_s`` bounds every wait, for machines loaded enough to make the request slower."""
 
     def __init__(
         self,
@@ -172,21 +176,30 @@ class Busy:
         model: str,
         body: Mapping[str, Any] | None = None,
         check: Callable[[Reply], None] | None = None,
+        version: str | None = None,
+        timeout_s: float = JOIN_TIMEOUT_S,
     ) -> None:
         self._server = server
         self._model = model
         self._body = body if body is not None else echo_body(np.array([[BUSY_STEPS]]))
         self._check = check if check is not None else _echoed_busy_steps
+        self._version = version
+        self._timeout_s = timeout_s
         self._call: InThread[Reply] | None = None
 
     def __enter__(self) -> "Busy":
-        started = launched(self._server, self._model)
+        server, model, version = self._server, self._model, self._version or "1"
+        started = launched(server, model, version)
+        path = f"/v2/models/{model}/infer"
+        if self._version is not None:
+            path = f"/v2/models/{model}/versions/{version}/infer"
         self._call = InThread(
-            lambda: post_json(self._server.http_url, f"/v2/models/{self._model}/infer", self._body)
+            functools.partial(post_json, server.http_url, path, self._body, None, self._timeout_s)
         )
         wait_for(
-            lambda: launched(self._server, self._model) == started + 1,
-            f"the slow request of {self._model} running",
+            lambda: launched(server, model, version) == started + 1,
+            f"the slow request of {model} running",
+            self._timeout_s,
         )
         return self
 
@@ -197,19 +210,25 @@ class Busy:
         traceback: TracebackType | None,
     ) -> None:
         assert self._call is not None
-        reply = self._call.result()
+        reply = self._call.result(self._timeout_s)
         if exc is None:
             self._check(reply)
 
 
-def busy_echo(server: TurnoutProcess, model: str, steps: int = BUSY_STEPS) -> Busy:
+def busy_echo(
+    server: TurnoutProcess,
+    model: str,
+    steps: int = BUSY_STEPS,
+    version: str | None = None,
+    timeout_s: float = JOIN_TIMEOUT_S,
+) -> Busy:
     """``Busy`` with one slow echo request of ``steps`` loop steps."""
 
     def check(reply: Reply) -> None:
         assert reply.status == 200, reply
         np.testing.assert_array_equal(json_array(reply, "Y"), [[steps]])
 
-    return Busy(server, model, echo_body(np.array([[steps]])), check)
+    return Busy(server, model, echo_body(np.array([[steps]])), check, version, timeout_s)
 
 
 def _echoed_busy_steps(reply: Reply) -> None:
