@@ -7,17 +7,17 @@ Every call ends in an Outcome: the status code as the protocol says it (gRPC cod
 ``TIMEOUT`` for failures with no answer) and the version that served it.
 """
 
-import json
+import time
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
 import grpc
 import numpy as np
 import orjson
 
+from turnout.loadtests.http1 import HttpError, HttpPool
 from turnout.protos import inference_pb2 as pb
 from turnout.protos import inference_pb2_grpc as pb_grpc
 from turnout.protos import turnout_pb2 as turnout_pb
@@ -85,6 +85,9 @@ class Outcome:
     ok: bool
     code: str
     version: str | None = None
+    # time.perf_counter() when the answer was whole (or the failure known): where its latency
+    # ends, before the event loop gets round to the caller.
+    answered_at: float = field(default_factory=time.perf_counter)
 
 
 class Client(Protocol):
@@ -115,10 +118,10 @@ def _grpc_request(endpoint: str, inputs: dict[str, np.ndarray]) -> pb.ModelInfer
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
-    """A V2 inference body without its id (added per call), and its content headers."""
+    """A V2 inference request, encoded but for its id (added per call)."""
 
-    header: dict[str, Any]
-    binary: bytes
+    header: bytes  # the JSON header without its id: ``{"inputs": ...}``
+    binary: bytes  # the tensors' bytes after the header, or b"" for JSON tensors
 
 
 def _http_request(inputs: dict[str, np.ndarray], binary: bool) -> HttpRequest:
@@ -136,7 +139,7 @@ def _http_request(inputs: dict[str, np.ndarray], binary: bool) -> HttpRequest:
     header: dict[str, Any] = {"inputs": tensors}
     if binary:
         header["parameters"] = {"binary_data_output": True}
-    return HttpRequest(header, b"".join(raw))
+    return HttpRequest(orjson.dumps(header), b"".join(raw))
 
 
 def _datatype(array: np.ndarray) -> str:
@@ -147,7 +150,9 @@ def _datatype(array: np.ndarray) -> str:
 
 
 class GrpcClient:
-    """grpc.aio on one channel (HTTP/2 streams multiplexed)."""
+    """grpc.aio on one channel (HTTP/2 streams multiplexed). Of the Python gRPC clients tried
+    (grpc.aio, the synchronous channel's futures, HTTP/2 in Python), the one that costs least
+    per call here (BENCHMARKS.md, issue 6)."""
 
     def __init__(self, target: Target) -> None:
         self._channel = grpc.aio.insecure_channel(
@@ -193,65 +198,70 @@ def _grpc_code(error: grpc.aio.AioRpcError) -> str:
 
 
 class HttpClient:
-    """aiohttp with keep-alive connections, one per call in flight up to MAX_CONNECTIONS."""
+    """HTTP/1.1 keep-alive connections, one per call in flight up to MAX_CONNECTIONS."""
 
     def __init__(self, target: Target, endpoint_paths: dict[str, str]) -> None:
-        self._base = f"http://{target.address}"
+        self._pool = HttpPool(target.host, target.port, MAX_CONNECTIONS)
         self._paths = endpoint_paths
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=None),
-            timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S),
-            json_serialize=lambda value: orjson.dumps(value).decode(),
-        )
 
     async def infer(self, request: object, request_id: str, routing_key: str | None) -> Outcome:
-        """Send one prepared request (its endpoint is the first key of ``request``'s path)."""
+        """Send one prepared request (its endpoint is the first item of ``request``)."""
         assert isinstance(request, tuple)
         endpoint, prepared = request
         assert isinstance(prepared, HttpRequest)
-        header = orjson.dumps({"id": request_id, **prepared.header})
-        headers = {ROUTING_KEY: routing_key} if routing_key else {}
+        header = b'{"id":' + orjson.dumps(request_id) + b"," + prepared.header[1:]
         if prepared.binary:
-            headers["Inference-Header-Content-Length"] = str(len(header))
-            headers["Content-Type"] = "application/octet-stream"
+            headers = [
+                ("Content-Type", "application/octet-stream"),
+                ("Inference-Header-Content-Length", str(len(header))),
+            ]
         else:
-            headers["Content-Type"] = "application/json"
+            headers = [("Content-Type", "application/json")]
+        if routing_key:
+            headers.append((ROUTING_KEY, routing_key))
         try:
-            async with self._session.post(
-                self._base + self._paths[endpoint], data=header + prepared.binary, headers=headers
-            ) as response:
-                body = await response.read()
-                if response.status != 200:
-                    return Outcome(False, str(response.status))
-                length = response.headers.get("Inference-Header-Content-Length")
-                answer = orjson.loads(body[: int(length)] if length else body)
+            response = await self._pool.request(
+                "POST", self._paths[endpoint], headers, header + prepared.binary, CALL_TIMEOUT_S
+            )
+            if response.status != 200:
+                return Outcome(False, str(response.status), answered_at=response.received_at)
+            length = response.headers.get("inference-header-content-length")
+            answer = orjson.loads(response.body[: int(length)] if length else response.body)
         except TimeoutError:
             return Outcome(False, "TIMEOUT")
-        except (aiohttp.ClientError, OSError):
+        except HttpError:
             return Outcome(False, "CONNECTION")
         except (orjson.JSONDecodeError, ValueError):
             return Outcome(False, "BAD_RESPONSE")
-        return Outcome(True, "200", str(answer.get("model_version", "")) or None)
+        return Outcome(True, "200", _model_version(answer), response.received_at)
 
     async def reward(self, endpoint: str, request_id: str, reward: float) -> Outcome:
         """Send a reward for a request."""
         path = f"/v2/models/{urllib.parse.quote(endpoint, safe='')}/feedback"
+        body = orjson.dumps({"request_id": request_id, "reward": reward})
         try:
-            async with self._session.post(
-                self._base + path, json={"request_id": request_id, "reward": reward}
-            ) as response:
-                body = await response.read()
-                if response.status != 200:
-                    return Outcome(False, str(response.status))
+            response = await self._pool.request(
+                "POST", path, [("Content-Type", "application/json")], body, CALL_TIMEOUT_S
+            )
+            if response.status != 200:
+                return Outcome(False, str(response.status))
+            answer = orjson.loads(response.body)
         except TimeoutError:
             return Outcome(False, "TIMEOUT")
-        except (aiohttp.ClientError, OSError):
+        except HttpError:
             return Outcome(False, "CONNECTION")
-        return Outcome(True, "200", str(json.loads(body).get("model_version", "")) or None)
+        except orjson.JSONDecodeError:
+            return Outcome(False, "BAD_RESPONSE")
+        return Outcome(True, "200", _model_version(answer))
 
     async def close(self) -> None:
         """Close the connections."""
-        await self._session.close()
+        await self._pool.close()
+
+
+def _model_version(answer: object) -> str | None:
+    version = answer.get("model_version") if isinstance(answer, dict) else None
+    return str(version) if version else None
 
 
 def open_client(protocol: str, target: Target, endpoints: Sequence[str]) -> Client:
@@ -276,14 +286,15 @@ async def input_specs(protocol: str, target: Target, endpoint: str) -> list[Inpu
                 InputSpec(tensor.name, tensor.datatype, tuple(tensor.shape))
                 for tensor in metadata.inputs
             ]
-        url = f"http://{target.address}/v2/models/{urllib.parse.quote(endpoint, safe='')}"
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.get(url) as response,
-        ):
-            if response.status != 200:
-                raise UsageError(f"{target}: endpoint {endpoint!r}: HTTP {response.status}")
-            answer = await response.json()
+        pool = HttpPool(target.host, target.port, 1)
+        try:
+            path = f"/v2/models/{urllib.parse.quote(endpoint, safe='')}"
+            response = await pool.request("GET", path, [], b"", 10)
+        finally:
+            await pool.close()
+        if response.status != 200:
+            raise UsageError(f"{target}: endpoint {endpoint!r}: HTTP {response.status}")
+        answer = orjson.loads(response.body)
         return [
             InputSpec(tensor["name"], tensor["datatype"], tuple(tensor["shape"]))
             for tensor in answer["inputs"]
@@ -292,5 +303,8 @@ async def input_specs(protocol: str, target: Target, endpoint: str) -> list[Inpu
         if error.code() == grpc.StatusCode.UNAVAILABLE:
             raise UsageError(f"{target}: cannot be reached ({error.details()})") from None
         raise UsageError(f"{target}: endpoint {endpoint!r}: {error.details()}") from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as error:
+    except (TimeoutError, HttpError) as error:
         raise UsageError(f"{target}: cannot be reached ({error})") from None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        answer_error = f"{target}: endpoint {endpoint!r}: not a V2 model metadata answer"
+        raise UsageError(answer_error) from None
