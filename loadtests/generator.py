@@ -23,6 +23,7 @@ import uvloop
 from turnout.loadtests.clients import Client, Outcome, Target, open_client, prepare
 from turnout.loadtests.data import Rows
 from turnout.loadtests.histogram import LatencyHistogram
+from turnout.loadtests.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +204,13 @@ class _Run:
     async def send(self, phase: PhasePlan, due: float) -> None:
         """Send one request due at ``due`` (perf_counter) and count it: its latency runs from
         when it was due, or from when it was sent if that was earlier (the event loop's timers
-        may wake a little early)."""
+        may wake a little early where there is no timerfd)."""
         endpoint, request, key = self.pick(phase, due - self.zero)
         self.sequence += 1
         request_id = f"lt-{self.plan.index}-{self.sequence}"
         start = min(due, time.perf_counter())
         outcome = await self.client.infer(request, request_id, key)
-        latency_us = (time.perf_counter() - start) * 1e6
+        latency_us = (outcome.answered_at - start) * 1e6
         self.recorder.add(phase.name, int(due - self.zero), endpoint, outcome, latency_us)
         odds = phase.rewards.get(endpoint, {}).get(outcome.version or "") if outcome.ok else None
         if odds is not None:
@@ -224,16 +225,22 @@ class _Run:
 
         await asyncio.gather(*(caller() for _ in range(phase.concurrency)))
 
-    async def opened(self, phase: PhasePlan, start: float, end: float) -> None:
-        due = start
+    async def opened(self, phase: PhasePlan, start: float, pacer: Pacer) -> None:
+        # Moments as offsets into the phase, a fixed rate's each computed afresh: summing the
+        # gaps onto a large clock reading made the count of a fixed-rate phase depend on
+        # rounding (599 or 600 requests for 3 s at 200/s).
+        offset = 0.0
+        arrivals = 0
         while True:
-            gap = self.rng.expovariate(phase.rate) if phase.poisson else 1.0 / phase.rate
-            due += gap
-            if due >= end:
+            arrivals += 1
+            if phase.poisson:
+                offset += self.rng.expovariate(phase.rate)
+            else:
+                offset = arrivals / phase.rate
+            if offset >= phase.duration_s:
                 break
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            due = start + offset
+            await pacer.until(due)
             if len(self.in_flight) >= MAX_IN_FLIGHT:
                 self.recorder.not_sent(phase.name, int(due - self.zero))
                 continue
@@ -245,6 +252,7 @@ class _Run:
 
     async def run(self, progress: "multiprocessing.Queue[Any] | None") -> None:
         reporter = asyncio.create_task(self.report(progress)) if progress is not None else None
+        pacer = Pacer()
         for phase in self.plan.phases:
             start = self.zero + phase.start_s
             end = start + phase.duration_s
@@ -253,9 +261,10 @@ class _Run:
             if phase.concurrency:
                 await self.closed(phase, end)
             elif phase.rate:
-                await self.opened(phase, start, end)
+                await self.opened(phase, start, pacer)
             else:
                 await asyncio.sleep(max(end - time.perf_counter(), 0))
+        pacer.close()
         if reporter is not None:
             reporter.cancel()
 
