@@ -2,7 +2,7 @@
 is refused with INVALID_ARGUMENT. Left to grpc, a deserializer that raises ends the call with
 UNKNOWN, a message naming protobuf's exception class, and a traceback in the server's log."""
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -50,10 +50,9 @@ def _refusing_malformed(handler: Any) -> Any:
             return None  # the method answers INVALID_ARGUMENT
 
     if handler.request_streaming and handler.response_streaming:
-        return handler._replace(
-            request_deserializer=deserialize,
-            stream_stream=_checked_stream(handler.stream_stream),
-        )
+        # A streaming method reads its own messages and calls refuse_malformed on a None, after
+        # answering the requests before it.
+        return handler._replace(request_deserializer=deserialize)
     if not handler.request_streaming and not handler.response_streaming:
         return handler._replace(
             request_deserializer=deserialize,
@@ -62,7 +61,8 @@ def _refusing_malformed(handler: Any) -> Any:
     raise ValueError("only unary and bidirectional-streaming methods are served")
 
 
-async def _refuse(context: grpc.aio.ServicerContext) -> None:
+async def refuse_malformed(context: grpc.aio.ServicerContext) -> None:
+    """End the call: its request bytes did not parse."""
     await context.abort(
         grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message"
     )
@@ -71,23 +71,7 @@ async def _refuse(context: grpc.aio.ServicerContext) -> None:
 def _checked_unary(behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if request is None:
-            await _refuse(context)
+            await refuse_malformed(context)
         return await behaviour(request, context)
 
     return unary
-
-
-def _checked_stream(behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    async def stream(
-        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        async def parsed() -> AsyncIterator[Any]:
-            async for request in requests:
-                if request is None:
-                    await _refuse(context)
-                yield request
-
-        async for response in behaviour(parsed(), context):
-            yield response
-
-    return stream

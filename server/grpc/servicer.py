@@ -1,6 +1,7 @@
 """The gRPC front end: GRPCInferenceService on grpc.aio, translating to and from the data plane."""
 
 import asyncio
+import enum
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -19,6 +20,7 @@ from turnout.server.grpc.codec import (
     statistics_message,
 )
 from turnout.server.grpc.errors import abort
+from turnout.server.grpc.registration import refuse_malformed
 from turnout.server.model_views import config_view, metadata_view
 from turnout.server.tensors import RequestLimits
 
@@ -27,6 +29,13 @@ log = logging.getLogger(__name__)
 ROUTING_KEY_METADATA = "x-routing-key"
 STREAM_INFLIGHT = 256
 _Reply = TypeVar("_Reply")
+
+
+class _StreamEnd(enum.Enum):
+    """Why a stream's reading ended."""
+
+    CLOSED = "closed"
+    MALFORMED = "malformed"
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -107,12 +116,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self,
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> None:
         """Triton's streaming extension: requests on one stream run concurrently (up to
         STREAM_INFLIGHT at a time; reading pauses beyond that) and each answer is sent as soon as
         it is ready, matched to its request by id. A failed request gets an error message on the
-        stream, which stays open."""
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        stream, which stays open; bytes that are not a request end it with INVALID_ARGUMENT once
+        the requests before them are answered.
+
+        Messages are read and written through the context: the refusal of undecodable bytes
+        must come from here, after those answers, not from inside an iterator."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | _StreamEnd] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_INFLIGHT)
         running: set[asyncio.Task[None]] = set()
         routing_key = _routing_key(context)
@@ -131,8 +144,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 slots.release()
 
         async def read() -> None:
+            end = _StreamEnd.CLOSED
             try:
-                async for request in request_iterator:
+                while (request := await context.read()) is not grpc.aio.EOF:
+                    if request is None:  # bytes that did not parse (see registration)
+                        end = _StreamEnd.MALFORMED
+                        break
                     await slots.acquire()
                     task = asyncio.create_task(answer(request))
                     running.add(task)
@@ -140,13 +157,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if running:
                     await asyncio.gather(*running)
             finally:
-                answers.put_nowait(None)
+                answers.put_nowait(end)
 
         reader = asyncio.create_task(read())
         try:
-            while (message := await answers.get()) is not None:
-                yield message
+            while not isinstance(message := await answers.get(), _StreamEnd):
+                await context.write(message)
             await reader
+            if message is _StreamEnd.MALFORMED:
+                await refuse_malformed(context)
         finally:
             reader.cancel()
             for task in list(running):

@@ -1619,6 +1619,27 @@ def test_row04_undecodable_grpc_payload(gateway: Gateway, payload: bytes) -> Non
     check_grpc_error(error, grpc.StatusCode.INVALID_ARGUMENT)
 
 
+def test_row04_undecodable_bytes_on_a_stream_end_it_after_the_answers_before_them(
+    gateway: Gateway,
+) -> None:
+    target = gateway.served
+    good = pb.ModelInferRequest(model_name="mlp", id="before", inputs=[_good_grpc_tensor()])
+    with grpc.insecure_channel(target.process.grpc_url) as channel:
+        call = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        answers = call(iter([good.SerializeToString(), b"\xff\xff\xff\xff\x0f"]), timeout=10)
+        received = []
+        with pytest.raises(grpc.RpcError) as ended:
+            received.extend(answers)
+    assert [answer.infer_response.id for answer in received] == ["before"]
+    assert [answer.error_message for answer in received] == [""]
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ended.value.details() == "the request is not a valid protobuf message"
+    assert_still_serving(target)
+
+
 # --- row 12: unknown names leave no trace --------------------------------------------------------
 
 
