@@ -253,18 +253,20 @@ class _Run:
     async def run(self, progress: "multiprocessing.Queue[Any] | None") -> None:
         reporter = asyncio.create_task(self.report(progress)) if progress is not None else None
         pacer = Pacer()
-        for phase in self.plan.phases:
-            start = self.zero + phase.start_s
-            end = start + phase.duration_s
-            if time.perf_counter() < start:
-                await asyncio.sleep(start - time.perf_counter())
-            if phase.concurrency:
-                await self.closed(phase, end)
-            elif phase.rate:
-                await self.opened(phase, start, pacer)
-            else:
-                await asyncio.sleep(max(end - time.perf_counter(), 0))
-        pacer.close()
+        try:
+            for phase in self.plan.phases:
+                start = self.zero + phase.start_s
+                end = start + phase.duration_s
+                if time.perf_counter() < start:
+                    await asyncio.sleep(start - time.perf_counter())
+                if phase.concurrency:
+                    await self.closed(phase, end)
+                elif phase.rate:
+                    await self.opened(phase, start, pacer)
+                else:
+                    await asyncio.sleep(max(end - time.perf_counter(), 0))
+        finally:
+            pacer.close()
         if reporter is not None:
             reporter.cancel()
 

@@ -61,7 +61,7 @@ from tests.support.e2e import (
     write_config,
 )
 from tests.support.e2e_models import gather_rows, write_garbage_model
-from tests.support.onnx_models import write_model
+from tests.support.onnx_models import REPOSITORY_MODELS, write_model
 from tests.support.polling import wait_for
 from tests.support.prometheus import Scrape
 from tests.support.rawhttp import Reply, assert_no_leak, post_json, request, send_raw
@@ -1657,14 +1657,7 @@ def test_row12_unknown_names_create_no_metric_labels(shared: Served) -> None:
     metrics = scrape(shared.process)
     for name in names:
         assert f'"{name}"' not in metrics.text
-    assert metrics.label_values("endpoint") <= {
-        "_unknown",
-        "mlp",
-        "all_types",
-        "strings",
-        "fixed",
-        "slow",
-    }
+    assert metrics.label_values("endpoint") <= {"_unknown", *REPOSITORY_MODELS}
     assert metrics.label_values("version") <= {"", "1", "2"}
     assert_still_serving(shared)
 

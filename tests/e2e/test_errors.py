@@ -29,7 +29,7 @@ from tests.support.e2e import (
     scrape,
 )
 from tests.support.e2e_models import TYPED
-from tests.support.onnx_models import ALL_TYPES
+from tests.support.onnx_models import ALL_TYPES, REPOSITORY_MODELS
 from tests.support.polling import wait_for
 from tests.support.prometheus import Scrape
 from tests.support.rawhttp import Reply, assert_no_leak, post_json, request, send_raw
@@ -1200,12 +1200,5 @@ def test_errors_are_counted_and_unknown_names_make_no_labels(
     assert grown("mlp", "2", "grpc", "invalid_input") == 1
     assert unknown not in after.text
     assert "_unknown" in after.label_values("endpoint")
-    assert after.label_values("endpoint") <= {
-        "_unknown",
-        "mlp",
-        "all_types",
-        "strings",
-        "fixed",
-        "slow",
-    }
+    assert after.label_values("endpoint") <= {"_unknown", *REPOSITORY_MODELS}
     assert after.label_values("version") <= {"", "1", "2"}

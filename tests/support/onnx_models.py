@@ -102,6 +102,10 @@ def write_model(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+REPOSITORY_MODELS = frozenset({"mlp", "all_types", "strings", "fixed", "slow"})
+"""The models ``write_repository`` writes."""
+
+
 def write_repository(root: Path) -> Path:
     """A Triton-style repository of every test model; returns ``root``."""
     write_model(build_mlp(seed=1), root / "mlp" / "1" / "model.onnx")
