@@ -13,17 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import grpc
 import numpy as np
 import orjson
+from google.protobuf.message import DecodeError
 
+from turnout.loadtests.grpc_channel import GrpcChannel, Reply
 from turnout.loadtests.http1 import HttpError, HttpPool
 from turnout.protos import inference_pb2 as pb
-from turnout.protos import inference_pb2_grpc as pb_grpc
 from turnout.protos import turnout_pb2 as turnout_pb
-from turnout.protos import turnout_pb2_grpc as turnout_grpc
 
 ROUTING_KEY = "x-routing-key"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
+REWARD = "/turnout.v1.Feedback/Reward"
 CALL_TIMEOUT_S = 30.0
 # HTTP/1.1 connections per process: beyond, requests wait for one (and the wait is in their
 # latency), rather than the client running out of file descriptors.
@@ -103,7 +105,7 @@ class Client(Protocol):
 def prepare(protocol: str, endpoint: str, rows: Sequence[dict[str, np.ndarray]]) -> list[object]:
     """One request per entry of ``rows`` (input name → array), encoded for ``protocol``."""
     if protocol == "grpc":
-        return [_grpc_request(endpoint, inputs) for inputs in rows]
+        return [_grpc_request(endpoint, inputs).SerializeToString() for inputs in rows]
     binary = protocol == "http-binary"
     return [(endpoint, _http_request(inputs, binary)) for inputs in rows]
 
@@ -150,51 +152,46 @@ def _datatype(array: np.ndarray) -> str:
 
 
 class GrpcClient:
-    """grpc.aio on one channel (HTTP/2 streams multiplexed). Of the Python gRPC clients tried
-    (grpc.aio, the synchronous channel's futures, HTTP/2 in Python), the one that costs least
-    per call here (BENCHMARKS.md, issue 6)."""
+    """Unary calls on one HTTP/2 connection through the load test's own gRPC channel, which
+    costs far less per call than grpc.aio (``grpc_channel``, BENCHMARKS.md issue 6)."""
 
     def __init__(self, target: Target) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            target.address, options=[("grpc.max_receive_message_length", -1)]
-        )
-        self._infer = pb_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer
-        self._reward = turnout_grpc.FeedbackStub(self._channel).Reward
+        self._channel = GrpcChannel(target.host, target.port)
 
     async def infer(self, request: object, request_id: str, routing_key: str | None) -> Outcome:
-        """Send one prepared ModelInferRequest."""
-        assert isinstance(request, pb.ModelInferRequest)
-        message = pb.ModelInferRequest()
-        message.CopyFrom(request)
-        message.id = request_id
-        metadata = ((ROUTING_KEY, routing_key),) if routing_key else None
-        try:
-            response = await self._infer(message, metadata=metadata, timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            return Outcome(False, _grpc_code(error))
-        return Outcome(True, "OK", response.model_version)
+        """Send one prepared ModelInferRequest (serialized, without its id)."""
+        assert isinstance(request, bytes)
+        # Serialized protobuf messages merge when concatenated: this sets the id.
+        message = request + pb.ModelInferRequest(id=request_id).SerializeToString()
+        metadata = ((ROUTING_KEY, routing_key),) if routing_key else ()
+        reply = await self._channel.unary(MODEL_INFER, message, metadata, CALL_TIMEOUT_S)
+        return _grpc_outcome(reply, pb.ModelInferResponse)
 
     async def reward(self, endpoint: str, request_id: str, reward: float) -> Outcome:
         """Send a reward for a request."""
         message = turnout_pb.RewardRequest(
             model_name=endpoint, request_id=request_id, reward=reward
         )
-        try:
-            response = await self._reward(message, timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            return Outcome(False, _grpc_code(error))
-        return Outcome(True, "OK", response.model_version)
+        reply = await self._channel.unary(
+            REWARD, message.SerializeToString(), timeout_s=CALL_TIMEOUT_S
+        )
+        return _grpc_outcome(reply, turnout_pb.RewardResponse)
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the connection."""
         await self._channel.close()
 
 
-def _grpc_code(error: grpc.aio.AioRpcError) -> str:
-    code = error.code()
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
-        return "CONNECTION"
-    return str(code.name)
+def _grpc_outcome(
+    reply: Reply, answer_type: type[pb.ModelInferResponse] | type[turnout_pb.RewardResponse]
+) -> Outcome:
+    if reply.code != "OK" or reply.message is None:
+        return Outcome(False, reply.code, answered_at=reply.received_at)
+    try:
+        answer = answer_type.FromString(reply.message)
+    except DecodeError:
+        return Outcome(False, "BAD_RESPONSE", answered_at=reply.received_at)
+    return Outcome(True, "OK", answer.model_version or None, reply.received_at)
 
 
 class HttpClient:
@@ -277,11 +274,7 @@ async def input_specs(protocol: str, target: Target, endpoint: str) -> list[Inpu
     cannot be reached or does not serve the endpoint."""
     try:
         if protocol == "grpc":
-            async with grpc.aio.insecure_channel(target.address) as channel:
-                stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                metadata = await stub.ModelMetadata(
-                    pb.ModelMetadataRequest(name=endpoint), timeout=10
-                )
+            metadata = await _grpc_model_metadata(target, endpoint)
             return [
                 InputSpec(tensor.name, tensor.datatype, tuple(tensor.shape))
                 for tensor in metadata.inputs
@@ -299,12 +292,25 @@ async def input_specs(protocol: str, target: Target, endpoint: str) -> list[Inpu
             InputSpec(tensor["name"], tensor["datatype"], tuple(tensor["shape"]))
             for tensor in answer["inputs"]
         ]
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.UNAVAILABLE:
-            raise UsageError(f"{target}: cannot be reached ({error.details()})") from None
-        raise UsageError(f"{target}: endpoint {endpoint!r}: {error.details()}") from None
     except (TimeoutError, HttpError) as error:
         raise UsageError(f"{target}: cannot be reached ({error})") from None
     except (orjson.JSONDecodeError, KeyError, TypeError):
         answer_error = f"{target}: endpoint {endpoint!r}: not a V2 model metadata answer"
         raise UsageError(answer_error) from None
+
+
+async def _grpc_model_metadata(target: Target, endpoint: str) -> pb.ModelMetadataResponse:
+    channel = GrpcChannel(target.host, target.port)
+    try:
+        request = pb.ModelMetadataRequest(name=endpoint).SerializeToString()
+        reply = await channel.unary(MODEL_METADATA, request, timeout_s=10)
+    finally:
+        await channel.close()
+    if reply.code in ("CONNECTION", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        raise UsageError(f"{target}: cannot be reached ({reply.details})")
+    if reply.code != "OK" or reply.message is None:
+        raise UsageError(f"{target}: endpoint {endpoint!r}: {reply.code}: {reply.details}")
+    try:
+        return pb.ModelMetadataResponse.FromString(reply.message)
+    except DecodeError:
+        raise UsageError(f"{target}: endpoint {endpoint!r}: not a model metadata answer") from None
