@@ -11,7 +11,7 @@ configuration and statistics requests perf_analyzer makes before it starts.
 import asyncio
 import socket
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +65,13 @@ def _session(model: Path) -> ort.InferenceSession:
 
 
 async def serve_grpc(model: Path, port_file: Path) -> None:
-    """A grpc.aio server answering ModelInfer with raw tensors."""
+    """A grpc.aio server answering ModelInfer with raw tensors, and ModelStreamInfer with one
+    answer per request in order, each run as it is read."""
     session = _session(model)
     output_names = [output.name for output in session.get_outputs()]
 
     async def model_infer(
-        request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        request: pb.ModelInferRequest, context: grpc.aio.ServicerContext | None
     ) -> pb.ModelInferResponse:
         tensor = request.inputs[0]
         array = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(tensor.shape)
@@ -84,6 +85,12 @@ async def serve_grpc(model: Path, port_file: Path) -> None:
             )
             response.raw_output_contents.append(value.tobytes())
         return response
+
+    async def model_stream_infer(
+        requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in requests:
+            yield pb.ModelStreamInferResponse(infer_response=await model_infer(request, None))
 
     def fixed(answer: Any) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -104,6 +111,11 @@ async def serve_grpc(model: Path, port_file: Path) -> None:
 
     methods = {
         "ModelInfer": unary(model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            model_stream_infer,
+            request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+        ),
         "ServerMetadata": unary(
             fixed(json_format.ParseDict(SERVER, pb.ServerMetadataResponse())),
             pb.ServerMetadataRequest,

@@ -117,7 +117,9 @@ def run(pa_venv: Path, concurrencies: list[int], window_ms: int) -> Report:
                 "batching on": turnout_ports(ready_on),
                 "batching off": turnout_ports(ready_off),
             }
-            bare_ports = {"grpc": int(grpc_port.read_text()), "http": int(http_port.read_text())}
+            bare_grpc = int(grpc_port.read_text())
+            bare_ports = {"grpc": bare_grpc, "grpc-stream": bare_grpc}
+            bare_ports["http"] = int(http_port.read_text())
             plan: list[tuple[str, str, str]] = [
                 ("mlp", "batching on", "grpc"),
                 ("mlp", "batching on", "grpc-stream"),
@@ -125,6 +127,7 @@ def run(pa_venv: Path, concurrencies: list[int], window_ms: int) -> Report:
                 ("mlp", "batching off", "grpc"),
                 ("mlp", "batching off", "http"),
                 ("mlp", "bare", "grpc"),
+                ("mlp", "bare", "grpc-stream"),
                 ("mlp", "bare", "http"),
                 ("big", "batching on", "grpc"),
                 ("big", "batching off", "grpc"),
