@@ -1,6 +1,7 @@
 """kill -9 in the middle of route changes and drift writes (BAD_INPUTS row 32): what is on disk
 afterwards is the old state or the new one, never a torn file, and a restart serves with it."""
 
+import http.client
 import json
 import signal
 import sqlite3
@@ -52,8 +53,8 @@ def keep_busy(server: TurnoutProcess, stop: threading.Event, accepted: list[obje
             if reply.status == 200:
                 accepted.append(ROUTES[turn % 2])
             post_json(server.http_url, "/v2/models/mlp/infer", mlp_json_request(rows))
-        except OSError:
-            return  # the server was killed
+        except (OSError, http.client.HTTPException):
+            return  # the server was killed, perhaps halfway through an answer
         turn += 1
 
 
