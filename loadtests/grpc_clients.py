@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-import numpy as np
 import uvloop
 
 from turnout.loadtests.clients import GrpcClient, Target, prepare
 from turnout.loadtests.harness import (
     machine,
+    sample_row,
     served,
     turnout_command,
     turnout_ports,
@@ -34,10 +34,6 @@ from turnout.server.demo import DEMO_MODEL, FEATURES
 
 WARM_UP_CALLS = 200
 Sender = Callable[[int], Awaitable[float]]  # one call; returns when its answer was whole
-
-
-def _rows() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((1, FEATURES), dtype=np.float32)
 
 
 async def _measure(send: Sender, calls: int) -> tuple[float, float]:
@@ -54,7 +50,7 @@ async def _measure(send: Sender, calls: int) -> tuple[float, float]:
 
 async def _with_channel(port: int, calls: int) -> tuple[float, float]:
     client = GrpcClient(Target("grpc", "127.0.0.1", port))
-    request = prepare("grpc", DEMO_MODEL, [{"INPUT0": _rows()}])[0]
+    request = prepare("grpc", DEMO_MODEL, [{"INPUT0": sample_row(FEATURES)}])[0]
 
     async def send(number: int) -> float:
         outcome = await client.infer(request, str(number), None)
@@ -70,7 +66,7 @@ async def _with_channel(port: int, calls: int) -> tuple[float, float]:
 
 async def _with_grpc_aio(port: int, calls: int) -> tuple[float, float]:
     request = pb.ModelInferRequest(model_name=DEMO_MODEL)
-    rows = _rows()
+    rows = sample_row(FEATURES)
     request.inputs.add(name="INPUT0", datatype="FP32", shape=rows.shape)
     request.raw_input_contents.append(rows.tobytes())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

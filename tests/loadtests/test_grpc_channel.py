@@ -28,6 +28,7 @@ from turnout.loadtests.http2 import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
+    frame,
 )
 
 SERVICE = "test.Echo"
@@ -260,10 +261,6 @@ class ScriptedPeer:
             pass
         finally:
             writer.close()
-
-
-def frame(frame_type: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3) + bytes([frame_type, flags]) + stream_id.to_bytes(4) + payload
 
 
 def message(body: bytes, compressed: bool = False) -> bytes:
