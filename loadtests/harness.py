@@ -39,10 +39,19 @@ Call = Callable[[], object]
 @contextlib.contextmanager
 def served(args: list[str], port_file: Path) -> Iterator[None]:
     """Run a server until the block ends; it is ready once it has written ``port_file``."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with served_when(args, lambda: port_file.exists() and bool(port_file.read_text())):
+        yield
+
+
+@contextlib.contextmanager
+def served_when(
+    args: list[str], ready: Callable[[], bool], cwd: Path | None = None
+) -> Iterator[None]:
+    """Run a server (in ``cwd``) until the block ends; it is ready once ``ready()`` is true."""
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_file.exists() or not port_file.read_text():
+        while not ready():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{' '.join(args)} did not start")
             time.sleep(0.05)

@@ -1,24 +1,35 @@
 """Throughput under concurrency: Turnout with dynamic batching on and off, the bare transports,
-and ONNX Runtime in-process at the batch sizes Turnout's batcher formed, side by side in one run.
+optionally MLServer, and ONNX Runtime in-process at the batch sizes Turnout's batcher formed,
+side by side in one run.
 
-    python -m turnout.loadtests.throughput --pa-venv .venv-pa [--concurrency 1,4,16,64]
-                                           [--window-ms 2000] [--json FILE]
+    python -m turnout.loadtests.throughput --pa-venv .venv-pa [--mlserver-venv .venv-mls]
+                                           [--concurrency 1,4,16,64] [--window-ms 2000]
+                                           [--json FILE]
 
 Two models: the demo's 64 → 256 → 256 → 10 MLP ("mlp", overhead-bound) and a
 512 → 2048 → 2048 → 512 MLP ("big", compute-bound). Triton's perf_analyzer sends batch-1
 requests at each concurrency over gRPC (unary and streaming) and HTTP (JSON tensors).
+With ``--mlserver-venv``, MLServer from that venv serves "mlp" through the runtime in
+mlserver_runtime.py (ONNX Runtime in the server process), measured over gRPC and HTTP.
 """
 
 import argparse
+import contextlib
 import json
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import onnx
 
@@ -27,15 +38,24 @@ from turnout.loadtests.harness import (
     machine,
     sample_row,
     served,
+    served_when,
     turnout_command,
     turnout_ports,
 )
 from turnout.models.providers import CPU
 from turnout.models.session import SessionSettings, create_session
+from turnout.protos import inference_pb2 as pb
+from turnout.protos import inference_pb2_grpc as pb_grpc
 from turnout.server.demo import build_mlp
 
 MODELS = {"mlp": (64, 256, 10), "big": (512, 2048, 512)}
 BATCHING_OFF = "dynamic_batching: {enabled: false}\n"
+MLSERVER_RUNTIME = Path(__file__).with_name("mlserver_runtime.py")
+# 0 runs the model in MLServer's server process, on its event loop: the in-process Python model
+# of issue 3, in one process as Turnout is. MLServer's default, 1, is not one process: it hands
+# every request over IPC to an inference pool of one worker process (whose workers, with uvloop
+# >= 0.22 as in .venv-mls, die at start: SeldonIO/MLServer#2286).
+MLSERVER_PARALLEL_WORKERS = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,7 @@ class Report:
     client: str
     cells: list[Cell]
     in_process_rows_per_second: dict[int, float]
+    mlserver: str | None
 
 
 def _write_repository(root: Path, batching: bool) -> None:
@@ -94,8 +115,95 @@ def _in_process_rows_per_second(model: Path, features: int, batch: int) -> float
     return runs * batch / (time.perf_counter() - started)
 
 
-def run(pa_venv: Path, concurrencies: list[int], window_ms: int) -> Report:
-    """Measure every cell; returns the report."""
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free when asked."""
+    with contextlib.ExitStack() as stack:
+        listeners = [
+            stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(count)
+        ]
+        return [listener.getsockname()[1] for listener in listeners]
+
+
+def _mlserver_settings(http_port: int, grpc_port: int, metrics_port: int) -> dict[str, Any]:
+    """MLServer's ``settings.json``."""
+    return {
+        "host": "127.0.0.1",
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "parallel_workers": MLSERVER_PARALLEL_WORKERS,
+        # Turnout runs at log level warning here; MLServer's default, debug on, writes an access
+        # log line for every request, over HTTP and gRPC.
+        "debug": False,
+    }
+
+
+def _mlserver_ready(http_port: int, grpc_port: int) -> bool:
+    """Whether MLServer and its model answer ready over HTTP, and its gRPC server answers."""
+    for path in ("health/ready", "models/mlp/ready"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/{path}", timeout=1):
+                pass
+        except OSError:  # refused while it starts; HTTPError (not ready) is an OSError too
+            return False
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        try:
+            reply = pb_grpc.GRPCInferenceServiceStub(channel).ServerReady(
+                pb.ServerReadyRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.ready)
+
+
+def _mlserver_description(venv: Path) -> str:
+    script = "import mlserver, onnxruntime; print(mlserver.__version__, onnxruntime.__version__)"
+    found = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, check=True
+    )
+    mlserver_version, onnxruntime_version = found.stdout.split()
+    return (
+        f"MLServer {mlserver_version} (onnxruntime {onnxruntime_version}), "
+        f"parallel_workers {MLSERVER_PARALLEL_WORKERS}"
+    )
+
+
+@contextlib.contextmanager
+def _mlserver(venv: Path | None, work: Path, model: Path) -> Iterator[dict[str, int]]:
+    """MLServer from ``venv`` serving ``model`` as "mlp" until the block ends: its ports by
+    protocol, none without a venv."""
+    if venv is None:
+        yield {}
+        return
+    http_port, grpc_port, metrics_port = _free_ports(3)
+    root = work / "mlserver"
+    (root / "mlp").mkdir(parents=True)
+    (root / "settings.json").write_text(
+        json.dumps(_mlserver_settings(http_port, grpc_port, metrics_port))
+    )
+    (root / "mlp" / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "mlp",
+                "implementation": "mlserver_runtime.OnnxRuntimeModel",
+                "parameters": {"uri": str(model)},
+            }
+        )
+    )
+    # MLServer puts the folder it serves on sys.path, so a copy there is importable without
+    # PYTHONPATH, which, pointed at loadtests/, would let its modules shadow MLServer's imports.
+    runtime = shutil.copy(MLSERVER_RUNTIME, root)
+    # Run as a script, the runtime adds the gRPC ModelConfig method perf_analyzer needs before
+    # it hands over to MLServer's own command line (what bin/mlserver runs).
+    command = [str(venv.absolute() / "bin" / "python"), str(runtime), "start", str(root)]
+    with served_when(command, lambda: _mlserver_ready(http_port, grpc_port), cwd=root):
+        yield {"grpc": grpc_port, "http": http_port}
+
+
+def run(
+    pa_venv: Path, concurrencies: list[int], window_ms: int, mlserver_venv: Path | None = None
+) -> Report:
+    """Measure every cell (MLServer's too with its venv); returns the report."""
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
@@ -112,14 +220,19 @@ def run(pa_venv: Path, concurrencies: list[int], window_ms: int) -> Report:
             served(turnout_command(off, ready_off), ready_off),
             served([*bare, "grpc", str(small), str(grpc_port)], grpc_port),
             served([*bare, "http", str(small), str(http_port)], http_port),
+            _mlserver(mlserver_venv, work, small) as mlserver_ports,
         ):
             turnout = {
                 "batching on": turnout_ports(ready_on),
                 "batching off": turnout_ports(ready_off),
             }
             bare_grpc = int(grpc_port.read_text())
-            bare_ports = {"grpc": bare_grpc, "grpc-stream": bare_grpc}
-            bare_ports["http"] = int(http_port.read_text())
+            ports = {
+                ("bare", "grpc"): bare_grpc,
+                ("bare", "grpc-stream"): bare_grpc,
+                ("bare", "http"): int(http_port.read_text()),
+            }
+            ports |= {("mlserver", protocol): port for protocol, port in mlserver_ports.items()}
             plan: list[tuple[str, str, str]] = [
                 ("mlp", "batching on", "grpc"),
                 ("mlp", "batching on", "grpc-stream"),
@@ -129,14 +242,15 @@ def run(pa_venv: Path, concurrencies: list[int], window_ms: int) -> Report:
                 ("mlp", "bare", "grpc"),
                 ("mlp", "bare", "grpc-stream"),
                 ("mlp", "bare", "http"),
+                *(("mlp", "mlserver", protocol) for protocol in mlserver_ports),
                 ("big", "batching on", "grpc"),
                 ("big", "batching off", "grpc"),
             ]
             for concurrency in concurrencies:
                 for model, target, protocol in plan:
                     features = MODELS[model][0]
-                    if target == "bare":
-                        port = bare_ports[protocol]
+                    if target not in turnout:
+                        port = ports[target, protocol]
                         figures = analyzer.measure(
                             model, f"127.0.0.1:{port}", protocol, concurrency, features, window_ms
                         )
@@ -179,6 +293,7 @@ def run(pa_venv: Path, concurrencies: list[int], window_ms: int) -> Report:
         client="perf_analyzer (tritonclient 2.51.0), batch-1 requests, on the same cores",
         cells=cells,
         in_process_rows_per_second=in_process,
+        mlserver=_mlserver_description(mlserver_venv) if mlserver_venv else None,
     )
 
 
@@ -209,15 +324,20 @@ def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--pa-venv", type=Path, required=True, help="the venv of perf_analyzer")
+    parser.add_argument(
+        "--mlserver-venv", type=Path, help="also measure MLServer, installed in this venv"
+    )
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--window-ms", type=int, default=2000)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     concurrencies = [int(value) for value in args.concurrency.split(",")]
-    report = run(args.pa_venv, concurrencies, args.window_ms)
+    report = run(args.pa_venv, concurrencies, args.window_ms, args.mlserver_venv)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))
     print(f"{report.date}, {report.machine}; {report.client}")
+    if report.mlserver:
+        print(report.mlserver)
     print(_table(report))
 
 
