@@ -17,7 +17,11 @@ SERVER = (
 
 def test_a_server_runs_in_its_folder_from_ready_until_the_block_ends(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    with served_when([sys.executable, "-c", SERVER], ready.exists, cwd=tmp_path):
+
+    def announced() -> bool:  # the file exists a moment before the pid is written into it
+        return ready.exists() and ready.read_text() != ""
+
+    with served_when([sys.executable, "-c", SERVER], announced, cwd=tmp_path):
         pid = int(ready.read_text())
         os.kill(pid, 0)
     with pytest.raises(ProcessLookupError):
